@@ -1,0 +1,185 @@
+//! hraftd's client API over HTTP (actix-web).
+//!
+//! This crate owns the wire: routes, request validation, JSON shapes, and the mapping of
+//! errors to status codes (`error.rs`, the only place that happens). It knows nothing of
+//! Raft: it consumes the small [`KvStore`] trait defined here, which the binary implements
+//! over the real store and the tests implement with a fake.
+//!
+//! | route | methods |
+//! |---|---|
+//! | `/key` | `POST` (set pairs), `GET ?key=` (read), `DELETE ?key=` |
+//! | `/key/<key>` | `GET` (read), `PUT` (set raw value), `DELETE` |
+//! | `/join` | `POST` |
+//! | `/remove` | `POST` |
+//! | `/status` | `GET` |
+
+use std::future::Future;
+use std::sync::Arc;
+
+use actix_web::web;
+use actix_web::App;
+use actix_web::HttpRequest;
+use actix_web::HttpResponse;
+use actix_web::HttpServer;
+use serde::Deserialize;
+use serde::Serialize;
+
+mod cluster;
+pub mod error;
+mod key;
+
+pub use cluster::JoinRequest;
+pub use error::ApiError;
+pub use error::Rejection;
+
+/// Read levels, as the `level` query parameter names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLevel {
+    Stale,
+    Default,
+    Consistent,
+}
+
+/// A member as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+}
+
+/// A member and whether it votes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+}
+
+/// The body of `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    /// `leader`, `follower`, `candidate`, `learner` (or `shutdown` while stopping).
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeInfo>,
+    pub members: Vec<MemberInfo>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
+/// implementation decides what each failure means to a client (e.g. `NotLeader`).
+pub trait KvStore: Send + Sync + 'static {
+    fn get(&self, key: &str, level: ReadLevel) -> impl Future<Output = Result<Option<String>, ApiError>>;
+    fn set(&self, pairs: Vec<(String, String)>) -> impl Future<Output = Result<u64, ApiError>>;
+    fn delete(&self, key: String) -> impl Future<Output = Result<u64, ApiError>>;
+    fn join(&self, req: JoinRequest) -> impl Future<Output = Result<(), ApiError>>;
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), ApiError>>;
+    fn status(&self) -> Status;
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest request body accepted; larger ones get `413`.
+    pub body_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { body_limit: 1 << 20 }
+    }
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, Rejection> {
+    Err(ApiError::MethodNotAllowed.at(&req))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, Rejection> {
+    Err(ApiError::NotFound(format!("no such endpoint: {}", req.path())).at(&req))
+}
+
+/// Registers every route for store type `S`. The store and settings must be in app data.
+pub fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::route().to(method_not_allowed);
+    cfg.service(
+        web::resource("/key")
+            .route(web::post().to(key::post::<S>))
+            .route(web::get().to(key::get_query::<S>))
+            .route(web::delete().to(key::delete_query::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/key/{key:.*}")
+            .route(web::get().to(key::get_path::<S>))
+            .route(web::put().to(key::put::<S>))
+            .route(web::delete().to(key::delete_path::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/join")
+            .route(web::post().to(cluster::join::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/remove")
+            .route(web::post().to(cluster::remove::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/status")
+            .route(web::get().to(cluster::status::<S>))
+            .default_service(not_allowed()),
+    );
+}
+
+/// Builds the application for `store`; used by [`serve`] and by tests.
+pub fn app<S: KvStore>(
+    store: Arc<S>,
+    settings: Settings,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::from(store))
+        .app_data(web::Data::new(settings))
+        .configure(routes::<S>)
+        .default_service(web::route().to(not_found))
+}
+
+/// Serves the API on an already-bound `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish.
+pub async fn serve<S: KvStore>(
+    listener: std::net::TcpListener,
+    store: Arc<S>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let server = HttpServer::new(move || app(store.clone(), settings.clone()))
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        _ = shutdown => {
+            handle.stop(true).await;
+            server.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! The handlers against a fake store: every status code the API promises, and that bad
+//! input never reaches (or changes) the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use actix_web::body::to_bytes;
+use actix_web::http::Method;
+use actix_web::http::StatusCode;
+use actix_web::test;
+use serde_json::json;
+use serde_json::Value;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Mode {
+    Leader,
+    Follower { leader_http: Option<String> },
+    /// Writes and consistent reads time out / find no quorum.
+    Stuck,
+}
+
+struct Fake {
+    mode: Mutex<Mode>,
+    data: Mutex<BTreeMap<String, String>>,
+    /// Incremented by every accepted write: proof that a request reached the store.
+    index: Mutex<u64>,
+    members: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    fn new(mode: Mode) -> Arc<Fake> {
+        Arc::new(Fake {
+            mode: Mutex::new(mode),
+            data: Mutex::new(BTreeMap::new()),
+            index: Mutex::new(0),
+            members: Mutex::new(vec!["node0".into()]),
+        })
+    }
+
+    fn index(&self) -> u64 {
+        *self.index.lock().unwrap()
+    }
+
+    fn leader_check(&self) -> Result<(), ApiError> {
+        match self.mode.lock().unwrap().clone() {
+            Mode::Leader | Mode::Stuck => Ok(()),
+            Mode::Follower { leader_http } => Err(ApiError::NotLeader { leader_http }),
+        }
+    }
+
+    fn stuck(&self) -> bool {
+        *self.mode.lock().unwrap() == Mode::Stuck
+    }
+
+    fn bump(&self) -> u64 {
+        let mut i = self.index.lock().unwrap();
+        *i += 1;
+        *i
+    }
+}
+
+impl KvStore for Fake {
+    async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>, ApiError> {
+        if level != ReadLevel::Stale {
+            self.leader_check()?;
+        }
+        if level == ReadLevel::Consistent && self.stuck() {
+            return Err(ApiError::Unavailable("no quorum".into()));
+        }
+        Ok(self.data.lock().unwrap().get(key).cloned())
+    }
+
+    async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
+        self.leader_check()?;
+        if self.stuck() {
+            return Err(ApiError::Timeout("write did not commit within 5s; outcome unknown".into()));
+        }
+        self.data.lock().unwrap().extend(pairs);
+        Ok(self.bump())
+    }
+
+    async fn delete(&self, key: String) -> Result<u64, ApiError> {
+        self.leader_check()?;
+        self.data.lock().unwrap().remove(&key);
+        Ok(self.bump())
+    }
+
+    async fn join(&self, req: JoinRequest) -> Result<(), ApiError> {
+        self.leader_check()?;
+        if req.id == "busy" {
+            return Err(ApiError::Conflict("membership change in progress".into()));
+        }
+        self.members.lock().unwrap().push(req.id);
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ApiError> {
+        self.leader_check()?;
+        let mut m = self.members.lock().unwrap();
+        let before = m.len();
+        m.retain(|x| x != id);
+        if m.len() == before {
+            return Err(ApiError::NotFound(format!("no member named {id:?}")));
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            id: "node0".into(),
+            role: "leader".into(),
+            term: 3,
+            leader: None,
+            members: vec![],
+            commit_index: self.index(),
+            applied_index: self.index(),
+        }
+    }
+}
+
+/// Sends one request to an app over `fake`; returns status, headers and JSON body.
+async fn call(
+    fake: &Arc<Fake>,
+    settings: Settings,
+    method: Method,
+    uri: &str,
+    body: &[u8],
+) -> (StatusCode, actix_web::http::header::HeaderMap, Value) {
+    let app = test::init_service(app(fake.clone(), settings)).await;
+    let req = test::TestRequest::default()
+        .method(method)
+        .uri(uri)
+        .set_payload(body.to_vec())
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = to_bytes(resp.into_body()).await.unwrap_or_default();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("{method} {uri}: body is not JSON: {bytes:?}"));
+    (status, headers, json)
+}
+
+async fn req(fake: &Arc<Fake>, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
+    let (s, _, v) = call(fake, Settings::default(), method, uri, body.as_bytes()).await;
+    (s, v)
+}
+
+fn assert_error(v: &Value, contains: &str) {
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error field in {v}"));
+    assert!(msg.contains(contains), "error {msg:?} should mention {contains:?}");
+}
+
+#[actix_web::test]
+async fn write_read_delete_round_trip() {
+    let f = Fake::new(Mode::Leader);
+    let (s, v) = req(&f, Method::POST, "/key", r#"{"user1":"batman","user2":"robin"}"#).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"index": 1})));
+    let (s, v) = req(&f, Method::GET, "/key/user1", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"user1": "batman"})));
+    let (s, v) = req(&f, Method::GET, "/key?key=user2&level=consistent", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"user2": "robin"})));
+    let (s, v) = req(&f, Method::PUT, "/key/a/b", "raw value").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"index": 2})));
+    let (s, v) = req(&f, Method::GET, "/key/a/b?level=stale", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"a/b": "raw value"})));
+    let (s, _) = req(&f, Method::PUT, "/key/with%20space", "x").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(f.data.lock().unwrap().get("with space").map(String::as_str), Some("x"));
+    let (s, _) = req(&f, Method::DELETE, "/key/user1", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = req(&f, Method::GET, "/key/user1", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "user1");
+    // Deleting again is fine, and the query form works too.
+    let (s, _) = req(&f, Method::DELETE, "/key?key=user1", "").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn follower_redirects_leader_only_requests() {
+    let f = Fake::new(Mode::Follower {
+        leader_http: Some("10.0.0.1:11000".into()),
+    });
+    f.data.lock().unwrap().insert("k".into(), "v".into());
+    for (method, uri) in [
+        (Method::POST, "/key"),
+        (Method::PUT, "/key/k"),
+        (Method::DELETE, "/key/k"),
+        (Method::GET, "/key/k"),
+        (Method::GET, "/key/k?level=default"),
+        (Method::GET, "/key?key=k&level=consistent"),
+        (Method::POST, "/join"),
+        (Method::POST, "/remove"),
+    ] {
+        let body: &[u8] = match uri {
+            "/key" => br#"{"k":"v2"}"#,
+            "/join" => br#"{"id":"n1","addr":"a:1","http_addr":"a:2"}"#,
+            "/remove" => br#"{"id":"node0"}"#,
+            _ => b"v2",
+        };
+        let (s, h, v) = call(&f, Settings::default(), method.clone(), uri, body).await;
+        assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{method} {uri}");
+        let loc = h.get("location").expect("Location header").to_str().unwrap();
+        assert_eq!(loc, format!("http://10.0.0.1:11000{uri}"), "{method} {uri}");
+        assert_eq!(v["leader"], "10.0.0.1:11000");
+    }
+    // Stale reads are served locally; nothing was written.
+    let (s, v) = req(&f, Method::GET, "/key/k?level=stale", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"k": "v"})));
+    assert_eq!(f.index(), 0);
+}
+
+#[actix_web::test]
+async fn no_leader_is_503_with_retry_after() {
+    let f = Fake::new(Mode::Follower { leader_http: None });
+    for (method, uri) in [(Method::POST, "/key"), (Method::GET, "/key/k")] {
+        let (s, h, v) = call(&f, Settings::default(), method, uri, br#"{"k":"v"}"#).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(h.get("retry-after").is_some(), "503 must carry Retry-After");
+        assert_error(&v, "no leader");
+    }
+    let (s, _) = req(&f, Method::GET, "/key/k?level=stale", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "stale reads work without a leader");
+}
+
+#[actix_web::test]
+async fn stuck_cluster_answers_timeout_and_unavailable() {
+    let f = Fake::new(Mode::Stuck);
+    let (s, v) = req(&f, Method::POST, "/key", r#"{"k":"v"}"#).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_error(&v, "outcome unknown");
+    let (s, h, _) = call(&f, Settings::default(), Method::GET, "/key/k?level=consistent", b"").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.get("retry-after").is_some());
+}
+
+#[actix_web::test]
+async fn bad_input_is_400_and_changes_nothing() {
+    let f = Fake::new(Mode::Leader);
+    f.data.lock().unwrap().insert("k".into(), "v".into());
+    for (method, uri, body, says) in [
+        (Method::POST, "/key", "{not json", "malformed"),
+        (Method::POST, "/key", r#"{"a":1}"#, "must be a string"),
+        (Method::POST, "/key", r#"{"a":"x","b":null}"#, "must be a string"),
+        (Method::POST, "/key", r#"["a","b"]"#, "object"),
+        (Method::POST, "/key", "{}", "at least one"),
+        (Method::POST, "/key", r#"{"":"x"}"#, "empty"),
+        (Method::POST, "/key", "", "malformed"),
+        (Method::PUT, "/key/", "x", "empty"),
+        (Method::GET, "/key/k?level=bogus", "", "unknown level"),
+        (Method::GET, "/key?level=stale", "", "missing"),
+        (Method::GET, "/key?key=", "", "empty"),
+        (Method::DELETE, "/key", "", "missing"),
+        (Method::POST, "/join", r#"{"id":"n1"}"#, "malformed"),
+        (Method::POST, "/join", r#"{"id":"","addr":"a","http_addr":"b"}"#, "non-empty"),
+        (Method::POST, "/remove", "nope", "malformed"),
+    ] {
+        let (s, v) = req(&f, method.clone(), uri, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri} {body:?} -> {v}");
+        assert_error(&v, says);
+    }
+    let (s, _) = req(&f, Method::PUT, "/key/bad", "").await;
+    assert_eq!(s, StatusCode::OK, "an empty value is a valid value");
+    let (s, _, v) = call(&f, Settings::default(), Method::PUT, "/key/bin", &[0xff, 0xfe]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(f.index(), 1, "only the valid write reached the store");
+    assert_eq!(f.data.lock().unwrap().get("k").map(String::as_str), Some("v"));
+}
+
+#[actix_web::test]
+async fn oversized_body_is_413() {
+    let f = Fake::new(Mode::Leader);
+    let small = Settings { body_limit: 64 };
+    let big = format!(r#"{{"k":"{}"}}"#, "x".repeat(100));
+    let (s, _, v) = call(&f, small.clone(), Method::POST, "/key", big.as_bytes()).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&v, "64 bytes");
+    let (s, _, _) = call(&f, small.clone(), Method::PUT, "/key/k", &[b'x'; 65]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _, _) = call(&f, small, Method::PUT, "/key/k", &[b'x'; 64]).await;
+    assert_eq!(s, StatusCode::OK, "exactly the limit is accepted");
+    assert_eq!(f.index(), 1);
+}
+
+#[actix_web::test]
+async fn wrong_method_is_405_and_unknown_path_404() {
+    let f = Fake::new(Mode::Leader);
+    for (method, uri) in [
+        (Method::PATCH, "/key"),
+        (Method::PUT, "/key"),
+        (Method::POST, "/key/k"),
+        (Method::GET, "/join"),
+        (Method::GET, "/remove"),
+        (Method::POST, "/status"),
+        (Method::DELETE, "/status"),
+    ] {
+        let (s, v) = req(&f, method.clone(), uri, "{}").await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_error(&v, "not allowed");
+    }
+    let (s, v) = req(&f, Method::GET, "/nope", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "/nope");
+    assert_eq!(f.index(), 0);
+}
+
+#[actix_web::test]
+async fn membership_and_status() {
+    let f = Fake::new(Mode::Leader);
+    let (s, v) = req(&f, Method::POST, "/join", r#"{"id":"n1","addr":"h:12001","http_addr":"h:11001"}"#).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"joined": "n1"})));
+    let (s, v) = req(&f, Method::POST, "/join", r#"{"id":"busy","addr":"h:1","http_addr":"h:2"}"#).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_error(&v, "in progress");
+    let (s, _) = req(&f, Method::POST, "/remove", r#"{"id":"n1"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = req(&f, Method::POST, "/remove", r#"{"id":"n1"}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "n1");
+    let (s, v) = req(&f, Method::GET, "/status", "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["id"], "node0");
+    assert_eq!(v["role"], "leader");
+    assert_eq!(v["leader"], Value::Null);
+    for field in ["term", "members", "commit_index", "applied_index"] {
+        assert!(v.get(field).is_some(), "status lacks {field}: {v}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Adapts the store to the HTTP layer's `KvStore` trait: the store's errors become API
+//! errors (the HTTP layer then maps those to status codes), and its status to the wire shape.
+
+use std::sync::Arc;
+
+use hraftd_httpd::ApiError;
+use hraftd_httpd::JoinRequest;
+use hraftd_httpd::KvStore;
+use hraftd_httpd::MemberInfo;
+use hraftd_httpd::NodeInfo;
+use hraftd_httpd::ReadLevel;
+use hraftd_httpd::Status;
+use hraftd_store::Error;
+use hraftd_store::Node;
+use hraftd_store::Store;
+
+/// The real store, as the HTTP layer sees it.
+pub struct Api(pub Arc<Store>);
+
+fn api_error(e: Error) -> ApiError {
+    match e {
+        Error::NotLeader { leader } => ApiError::NotLeader {
+            leader_http: leader.map(|n| n.http_addr),
+        },
+        Error::Timeout { .. } => ApiError::Timeout(e.to_string()),
+        Error::Unavailable(_) | Error::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        Error::Invalid(m) => ApiError::BadRequest(m),
+        Error::NotFound(m) => ApiError::NotFound(m),
+        Error::Conflict(m) => ApiError::Conflict(m),
+        Error::Storage(_) | Error::Io { .. } | Error::Raft(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+fn level(l: ReadLevel) -> hraftd_store::ReadLevel {
+    match l {
+        ReadLevel::Stale => hraftd_store::ReadLevel::Stale,
+        ReadLevel::Default => hraftd_store::ReadLevel::Default,
+        ReadLevel::Consistent => hraftd_store::ReadLevel::Consistent,
+    }
+}
+
+fn node_info(n: Node) -> NodeInfo {
+    NodeInfo {
+        id: n.name,
+        raft_addr: n.raft_addr,
+        http_addr: n.http_addr,
+    }
+}
+
+impl KvStore for Api {
+    async fn get(&self, key: &str, l: ReadLevel) -> Result<Option<String>, ApiError> {
+        self.0.get(key, level(l)).await.map_err(api_error)
+    }
+
+    async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
+        self.0.set(pairs).await.map_err(api_error)
+    }
+
+    async fn delete(&self, key: String) -> Result<u64, ApiError> {
+        self.0.delete(key).await.map_err(api_error)
+    }
+
+    async fn join(&self, req: JoinRequest) -> Result<(), ApiError> {
+        let node = Node {
+            name: req.id,
+            raft_addr: req.addr,
+            http_addr: req.http_addr,
+        };
+        self.0.join(node).await.map_err(api_error)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ApiError> {
+        self.0.remove(id).await.map_err(api_error)
+    }
+
+    fn status(&self) -> Status {
+        let s = self.0.status();
+        Status {
+            id: s.name,
+            role: s.role.as_str().to_string(),
+            term: s.term,
+            leader: s.leader.map(node_info),
+            members: s
+                .members
+                .into_iter()
+                .map(|m| MemberInfo {
+                    id: m.node.name,
+                    raft_addr: m.node.raft_addr,
+                    http_addr: m.node.http_addr,
+                    voter: m.voter,
+                })
+                .collect(),
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Command-line flags, accepted Go-style (`-haddr :11001`) as well as `--haddr`, and the
+//! address rules: `:port` binds every interface and is advertised as `127.0.0.1:port`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// hraftd: a replicated key-value store. One Raft node per process, served over HTTP.
+///
+/// The first node bootstraps a cluster; others join it with -join. A node restarted on
+/// its DATA_DIR resumes with the state there and ignores -join.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hraftd", version)]
+pub struct Args {
+    /// Node ID (a string). Default: the ID stored in DATA_DIR, else the advertised Raft address.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// HTTP (client API) bind address.
+    #[arg(long, default_value = "localhost:11000")]
+    pub haddr: String,
+    /// Raft (peer) bind address.
+    #[arg(long, default_value = "localhost:12000")]
+    pub raddr: String,
+    /// HTTP address advertised to clients and peers. Default: -haddr, with an empty or
+    /// unspecified host replaced by 127.0.0.1.
+    #[arg(long)]
+    pub hadv: Option<String>,
+    /// Raft address advertised to peers. Default: -raddr, as for -hadv.
+    #[arg(long)]
+    pub radv: Option<String>,
+    /// HTTP address(es) of any cluster member to join, comma-separated. Used only when
+    /// DATA_DIR holds no Raft state.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Build a snapshot and purge the log every N applied entries.
+    #[arg(long = "snapshot-threshold", default_value_t = 10_000)]
+    pub snapshot_threshold: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long = "body-limit", default_value_t = 1 << 20)]
+    pub body_limit: usize,
+    /// Seconds a write waits to commit before answering "outcome unknown".
+    #[arg(long = "write-timeout", default_value_t = 5)]
+    pub write_timeout: u64,
+    /// Seconds to keep retrying -join before giving up.
+    #[arg(long = "join-timeout", default_value_t = 120)]
+    pub join_timeout: u64,
+    /// Data directory: Raft log, state machine and snapshots.
+    #[arg(value_name = "DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+impl Args {
+    /// Parses `argv`, first turning Go-style `-flag` into `--flag`.
+    pub fn parse_go_style(argv: impl IntoIterator<Item = String>) -> Args {
+        Args::parse_from(go_style(argv))
+    }
+}
+
+/// `-haddr` becomes `--haddr`; `-h`, `--x`, values and everything after `--` stay as they are.
+pub fn go_style(argv: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = false;
+    for (i, a) in argv.into_iter().enumerate() {
+        if a == "--" {
+            rest = true;
+        }
+        let single = a.starts_with('-') && !a.starts_with("--") && a.len() > 2;
+        if i > 0 && !rest && single {
+            out.push(format!("-{a}"));
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Splits `host:port`, allowing an empty host.
+fn split(addr: &str) -> anyhow::Result<(&str, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("address {addr:?} must be host:port or :port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("address {addr:?} has a bad port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// Where to bind for `addr`: `:port` means every interface; names are resolved.
+pub async fn bind_addr(addr: &str) -> anyhow::Result<SocketAddr> {
+    let (host, port) = split(addr)?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {addr:?}"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+/// The address to advertise: `explicit` if given, else `bind` with an empty or
+/// unspecified host replaced by 127.0.0.1; a port of 0 becomes the port actually bound.
+pub fn advertised(explicit: Option<&str>, bind: &str, bound_port: u16) -> anyhow::Result<String> {
+    let addr = explicit.unwrap_or(bind);
+    let (host, port) = split(addr)?;
+    let host = match host {
+        "" | "0.0.0.0" | "::" => "127.0.0.1",
+        h => h,
+    };
+    let port = if port == 0 { bound_port } else { port };
+    if host.contains(':') {
+        Ok(format!("[{host}]:{port}"))
+    } else {
+        Ok(format!("{host}:{port}"))
+    }
+}
+
+/// A `-join` target as a dialable address (`:11000` means this host).
+pub fn dial_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_long_flags() {
+        let argv = v(&["hraftd", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000", "-h", "--id", "x", "dir"]);
+        assert_eq!(
+            go_style(argv),
+            v(&["hraftd", "--haddr", ":11001", "--raddr", ":12001", "--join", ":11000", "-h", "--id", "x", "dir"])
+        );
+    }
+
+    #[test]
+    fn parses_the_readme_command() {
+        let a = Args::parse_go_style(v(&["hraftd", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000,:11002", "/tmp/n1"]));
+        assert_eq!(a.haddr, ":11001");
+        assert_eq!(a.join, v(&[":11000", ":11002"]));
+        assert_eq!(a.data_dir, PathBuf::from("/tmp/n1"));
+        assert_eq!(a.snapshot_threshold, 10_000);
+        let d = Args::parse_go_style(v(&["hraftd", "/tmp/n0"]));
+        assert_eq!((d.haddr.as_str(), d.raddr.as_str()), ("localhost:11000", "localhost:12000"));
+    }
+
+    #[test]
+    fn advertised_addresses() {
+        assert_eq!(advertised(None, ":11001", 11001).unwrap(), "127.0.0.1:11001");
+        assert_eq!(advertised(None, "0.0.0.0:5", 5).unwrap(), "127.0.0.1:5");
+        assert_eq!(advertised(None, "localhost:11000", 11000).unwrap(), "localhost:11000");
+        assert_eq!(advertised(Some("db1:80"), ":11001", 11001).unwrap(), "db1:80");
+        assert_eq!(advertised(None, "127.0.0.1:0", 4242).unwrap(), "127.0.0.1:4242");
+        assert!(advertised(None, "nonsense", 1).is_err());
+        assert_eq!(dial_addr(":11000"), "127.0.0.1:11000");
+    }
+}

@@ -1,0 +1,56 @@
+//! The joining node's side of `/join`: POST to each `-join` address in turn, follow 307s
+//! to the leader, retry with backoff until a deadline, then give up with a clear error.
+
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::cli::dial_addr;
+
+/// How long one `/join` request may take: the leader answers only once we have caught up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Asks the cluster reachable at `targets` to add this node, until `deadline` has passed.
+pub async fn join(targets: &[String], id: &str, raft_addr: &str, http_addr: &str, deadline: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()?;
+    let body = json!({ "id": id, "addr": raft_addr, "http_addr": http_addr });
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut last_error = String::from("no attempt made");
+    loop {
+        for target in targets {
+            let url = format!("http://{}/join", dial_addr(target));
+            match client.post(&url).json(&body).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    log::info!("joined the cluster via {url}");
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    last_error = format!("{url}: {status} {text}");
+                    if status.as_u16() == 400 {
+                        bail!("the cluster refused to add this node: {last_error}");
+                    }
+                }
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+            log::warn!("join attempt failed: {last_error}");
+        }
+        if start.elapsed() + backoff > deadline {
+            bail!(
+                "could not join the cluster via {} within {:?}; last error: {last_error}",
+                targets.join(","),
+                deadline
+            );
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,126 @@
+//! hraftd: one Raft node and its HTTP API, in the start-up order of the Go hraftd:
+//! flags -> listeners -> store -> peer transport -> HTTP -> bootstrap or join -> wait for a
+//! signal (or removal from the cluster) -> shut down in order.
+
+mod api;
+mod cli;
+mod join;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hraftd_httpd::Settings;
+use hraftd_store::Options;
+use hraftd_store::Store;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+
+use crate::cli::Args;
+
+/// Binds `addr` with SO_REUSEADDR, so a restarted node gets its port back at once.
+async fn listen(addr: &str, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    let sa = cli::bind_addr(addr).await?;
+    let socket = if sa.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(sa)
+        .with_context(|| format!("binding the {what} address {addr} ({sa})"))?;
+    let l = socket.listen(1024)?;
+    Ok(l.into_std()?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT received"),
+        _ = term.recv() => log::info!("SIGTERM received"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("hraftd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    // 1. Flags and logging.
+    let args = Args::parse_go_style(std::env::args());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    // 2. Listeners first: a busy port fails fast, before any state is touched.
+    let raft_listener = listen(&args.raddr, "raft").await?;
+    let http_listener = listen(&args.haddr, "HTTP").await?;
+    let radv = cli::advertised(args.radv.as_deref(), &args.raddr, raft_listener.local_addr()?.port())?;
+    let hadv = cli::advertised(args.hadv.as_deref(), &args.haddr, http_listener.local_addr()?.port())?;
+    let name = match (&args.id, hraftd_store::stored_name(&args.data_dir)) {
+        (Some(id), _) => id.clone(),
+        (None, Some(stored)) => stored,
+        (None, None) => radv.clone(),
+    };
+    log::info!("node {name:?}: raft {radv}, http {hadv}, data {}", args.data_dir.display());
+
+    // 3. Open the store (RocksDB + openraft).
+    let mut opts = Options::new(&name, &radv, &hadv, &args.data_dir);
+    opts.snapshot_threshold = args.snapshot_threshold;
+    opts.write_timeout = Duration::from_secs(args.write_timeout.max(1));
+    opts.read_timeout = opts.write_timeout;
+    let store = Store::open(opts)
+        .await
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+
+    // 4. Serve the peer transport.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let raft_listener = tokio::net::TcpListener::from_std(raft_listener)?;
+    let raft_task = store.serve_raft(raft_listener, stopped(stop_rx.clone()));
+
+    // 5. Serve the HTTP API.
+    let settings = Settings {
+        body_limit: args.body_limit,
+    };
+    let api = Arc::new(api::Api(store.clone()));
+    let http_task = tokio::spawn(hraftd_httpd::serve(http_listener, api, settings, stopped(stop_rx)));
+
+    // 6. Bootstrap, join, or resume.
+    if store.is_initialized().await? {
+        if !args.join.is_empty() {
+            log::info!("{} has Raft state; resuming and ignoring -join", args.data_dir.display());
+        }
+    } else if args.join.is_empty() {
+        log::info!("no Raft state and no -join: bootstrapping a single-node cluster");
+        store.bootstrap().await.context("bootstrapping")?;
+    } else {
+        let deadline = Duration::from_secs(args.join_timeout);
+        if let Err(e) = join::join(&args.join, &name, &radv, &hadv, deadline).await {
+            let _ = stop_tx.send(true);
+            store.shutdown().await;
+            return Err(e);
+        }
+    }
+
+    // 7. Run until a signal, or until this node is removed from the cluster.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = store.removed() => log::warn!("removed from the cluster; shutting down"),
+    }
+
+    // 8. Stop HTTP (in-flight requests finish), then the transport, then Raft.
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(15), http_task).await {
+        Ok(Ok(Err(e))) => log::warn!("HTTP server: {e}"),
+        Err(_) => log::warn!("HTTP server did not stop within 15s"),
+        _ => {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
+    store.shutdown().await;
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! hraftd's storage and consensus layer: one Raft node per process.
+//!
+//! The model: every change is a [`Command`] in the Raft log (openraft 0.9, storage v2).
+//! The log, the vote and the committed index live in RocksDB ([`log_store`]); the
+//! key-value data and its `last_applied` live in the same RocksDB instance
+//! ([`state_machine`]) and change in one atomic batch per apply; snapshots are
+//! point-in-time files ([`snapshot`]); peers talk over a binary TCP transport
+//! ([`network`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
+//! hraftd uses.
+
+mod db;
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use error::Error;
+pub use error::Result;
+pub use node::stored_name;
+pub use node::Member;
+pub use node::Options;
+pub use node::ReadLevel;
+pub use node::Role;
+pub use node::Status;
+pub use node::Store;
+pub use types::Command;
+pub use types::Node;
+
+#[cfg(test)]
+mod suite_test;

@@ -1,0 +1,221 @@
+//! openraft's `RaftLogStorage` on RocksDB: log entries, the vote and the committed log id.
+//!
+//! Every write that openraft relies on for safety (appends, truncations, votes) is a
+//! synchronous (fsynced) write batch, and openraft is told an append is durable only
+//! after that batch returns.
+
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::StorageIOError;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::db;
+use crate::types::decode;
+use crate::types::encode;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::StorageError;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The log store handle openraft owns; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    /// The last committed index openraft told us about, for `/status` (openraft 0.9's
+    /// metrics do not carry it). Shared with the node handle.
+    committed: Arc<AtomicU64>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
+        LogStore { db, committed }
+    }
+
+    fn cf_logs(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(db::CF_LOGS).expect("logs column family")
+    }
+
+    fn cf_meta(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(db::CF_RAFT_META).expect("raft_meta column family")
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.db.get_cf(self.cf_meta(), key).map_err(read_err)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode(&b).map_err(read_err)?)),
+        }
+    }
+
+    fn put_meta_sync<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), std::io::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), key, encode(v)?);
+        self.db
+            .write_opt(batch, &db::sync_write())
+            .map_err(std::io::Error::other)
+    }
+
+    /// The committed log id openraft last saved, read at start-up.
+    pub(crate) fn saved_committed(&self) -> Option<LogId> {
+        self.get_meta(KEY_COMMITTED).ok().flatten()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => *x + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf_logs(),
+            rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(read_err)?;
+            let index = index_of(&k);
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = decode(&v).map_err(read_err)?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = self
+            .db
+            .iterator_cf(self.cf_logs(), rocksdb::IteratorMode::End)
+            .next();
+        let last_log_id = match last {
+            None => last_purged,
+            Some(item) => {
+                let (_, v) = item.map_err(read_err)?;
+                let entry: Entry = decode(&v).map_err(read_err)?;
+                Some(entry.log_id)
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta_sync(KEY_VOTE, vote)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = committed {
+            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        // Not fsynced: losing it only means re-applying from an older point after a crash.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), KEY_COMMITTED, encode(&committed).map_err(write_err)?);
+        self.db.write(batch).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let c: Option<Option<LogId>> = self.get_meta(KEY_COMMITTED)?;
+        Ok(c.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(
+                self.cf_logs(),
+                index_key(entry.log_id.index),
+                encode(&entry).map_err(write_err)?,
+            );
+        }
+        let res = self.db.write_opt(batch, &db::sync_write());
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let io = std::io::Error::other(e.to_string());
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(io))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf_logs(), index_key(log_id.index), index_key(u64::MAX));
+        self.db
+            .write_opt(batch, &db::sync_write())
+            .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first (in the same batch), so a crash never leaves a
+        // log whose start is unknown.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), KEY_LAST_PURGED, encode(&log_id).map_err(write_err)?);
+        batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
+        self.db.write(batch).map_err(write_err)
+    }
+}

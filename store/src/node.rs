@@ -1,0 +1,557 @@
+//! The [`Store`] handle the rest of hraftd uses: reads at a chosen level, writes with a
+//! bounded wait, membership changes, and status. It owns the openraft instance, the
+//! RocksDB-backed storage and the peer transport, and hides openraft's types from callers,
+//! so a later move to another openraft version stays inside this crate.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::ChangeMembershipError;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::db;
+use crate::error::Error;
+use crate::error::Result;
+use crate::log_store::LogStore;
+use crate::network;
+use crate::network::Network;
+use crate::network::PeerRequest;
+use crate::state_machine::StateMachine;
+use crate::state_machine::StateReader;
+use crate::types::node_id_for;
+use crate::types::Command;
+use crate::types::Node;
+use crate::types::NodeId;
+use crate::types::Raft;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// Any node, from its local applied state, even without a leader.
+    Stale,
+    /// Only a node that believes it is the leader, from local state, no quorum round trip.
+    Default,
+    /// Linearizable: the leader confirms leadership with a quorum and waits until it has
+    /// applied up to the read index.
+    Consistent,
+}
+
+/// Everything needed to open a node.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The user-facing member name (`-id`).
+    pub name: String,
+    /// Advertised peer address (`-radv`, or `-raddr`).
+    pub raft_addr: String,
+    /// Advertised client address (`-hadv`, or `-haddr`).
+    pub http_addr: String,
+    pub data_dir: PathBuf,
+    /// Build a snapshot and purge the log every this many applied entries.
+    pub snapshot_threshold: u64,
+    /// The longest a write waits to commit before answering "outcome unknown".
+    pub write_timeout: Duration,
+    /// The longest a consistent read waits for leadership confirmation.
+    pub read_timeout: Duration,
+    /// The longest the leader waits for a joining node to catch up before promoting it.
+    pub join_timeout: Duration,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+}
+
+impl Options {
+    /// Options with hraftd's defaults for the given identity and directory.
+    pub fn new(name: &str, raft_addr: &str, http_addr: &str, data_dir: impl Into<PathBuf>) -> Self {
+        Options {
+            name: name.to_string(),
+            raft_addr: raft_addr.to_string(),
+            http_addr: http_addr.to_string(),
+            data_dir: data_dir.into(),
+            snapshot_threshold: 10_000,
+            write_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(5),
+            join_timeout: Duration::from_secs(60),
+            heartbeat_ms: 150,
+            election_timeout_ms: (800, 1600),
+        }
+    }
+}
+
+/// The role of this node, as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node: Node,
+    pub voter: bool,
+}
+
+/// A point-in-time view of this node, for `/status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub name: String,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<Node>,
+    pub members: Vec<Member>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// A running hraftd node. Cheap to share behind an `Arc`.
+pub struct Store {
+    raft: Raft,
+    id: NodeId,
+    me: Node,
+    opts: Options,
+    reader: StateReader,
+    net: Network,
+    /// Highest committed index, updated by the log store (openraft 0.9's metrics lack it).
+    committed: Arc<AtomicU64>,
+    /// Becomes `true` once this node learns it was removed from the cluster.
+    removed: watch::Sender<bool>,
+    /// Serializes membership changes on the leader, so concurrent joins queue up instead
+    /// of failing with "change in progress".
+    membership_lock: tokio::sync::Mutex<()>,
+}
+
+/// Reads the member name stored in `data_dir` by an earlier run, if any.
+pub fn stored_name(data_dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join("node-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl Store {
+    /// Opens (or creates) the node's storage under `opts.data_dir` and starts openraft.
+    /// The peer transport is started separately with [`Store::serve_raft`].
+    pub async fn open(opts: Options) -> Result<Arc<Store>> {
+        let dir = &opts.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        match stored_name(dir) {
+            Some(n) if n != opts.name => {
+                return Err(Error::Invalid(format!(
+                    "{} belongs to node {n:?}, not {:?}",
+                    dir.display(),
+                    opts.name
+                )))
+            }
+            Some(_) => {}
+            None => std::fs::write(dir.join("node-id"), format!("{}\n", opts.name))
+                .map_err(|e| Error::io("writing node-id", e))?,
+        }
+        let db = db::open(&dir.join("raft"))?;
+        let committed = Arc::new(AtomicU64::new(0));
+        let log_store = LogStore::new(db.clone(), committed.clone());
+        if let Some(c) = log_store.saved_committed() {
+            committed.store(c.index, Ordering::Relaxed);
+        }
+        let sm = StateMachine::open(db, dir.join("snapshots"))
+            .map_err(|e| Error::io("opening state machine", e))?;
+        let reader = sm.reader();
+
+        let config = openraft::Config {
+            cluster_name: "hraftd".into(),
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: opts.election_timeout_ms.0,
+            election_timeout_max: opts.election_timeout_ms.1,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_threshold.max(1)),
+            max_in_snapshot_log_to_keep: opts.snapshot_threshold.min(1000),
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Invalid(format!("raft config: {e}")))?;
+
+        let id = node_id_for(&opts.name);
+        let me = Node {
+            name: opts.name.clone(),
+            raft_addr: opts.raft_addr.clone(),
+            http_addr: opts.http_addr.clone(),
+        };
+        let net = Network::default();
+        let raft = Raft::new(id, Arc::new(config), net.clone(), log_store, sm)
+            .await
+            .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        let (removed, _) = watch::channel(false);
+        let store = Arc::new(Store {
+            raft,
+            id,
+            me,
+            opts,
+            reader,
+            net,
+            committed,
+            removed,
+            membership_lock: tokio::sync::Mutex::new(()),
+        });
+        store.spawn_removal_watch();
+        Ok(store)
+    }
+
+    /// Watches this node's own view of membership: once it has been a member and a later
+    /// membership no longer lists it, it has been removed.
+    fn spawn_removal_watch(self: &Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        let id = self.id;
+        let removed = self.removed.clone();
+        tokio::spawn(async move {
+            loop {
+                let gone = {
+                    let m = rx.borrow_and_update();
+                    let mem = &m.membership_config;
+                    mem.log_id().is_some() && mem.membership().get_node(&id).is_none()
+                };
+                if gone {
+                    log::warn!("this node is no longer in the cluster's membership");
+                    removed.send_replace(true);
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Serves the peer transport on `listener` until `shutdown` resolves.
+    pub fn serve_raft(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let removed = self.removed.clone();
+        let on_removed = Arc::new(move || {
+            removed.send_replace(true);
+        });
+        tokio::spawn(network::serve(listener, self.raft.clone(), on_removed, shutdown))
+    }
+
+    /// This node's advertised identity.
+    pub fn me(&self) -> &Node {
+        &self.me
+    }
+
+    /// Whether this node has Raft state (it bootstrapped or joined before).
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Makes this node the single voter of a new cluster.
+    pub async fn bootstrap(&self) -> Result<()> {
+        let members = BTreeMap::from([(self.id, self.me.clone())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(Error::Invalid(format!("bootstrap: {e}"))),
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// Resolves once this node has been removed from the cluster.
+    pub async fn removed(&self) {
+        let mut rx = self.removed.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Reads `key` at `level`.
+    pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
+        match level {
+            ReadLevel::Stale => {}
+            ReadLevel::Default => self.check_leader()?,
+            ReadLevel::Consistent => {
+                let t = self.opts.read_timeout;
+                match tokio::time::timeout(t, self.raft.ensure_linearizable()).await {
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            what: "confirming leadership for a consistent read".into(),
+                            after: t,
+                        })
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        return Err(Error::NotLeader {
+                            leader: f.leader_node.or_else(|| self.leader()),
+                        })
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                        return Err(Error::Unavailable(format!(
+                            "could not confirm leadership with a quorum: {q}"
+                        )))
+                    }
+                    Ok(Err(RaftError::Fatal(e))) => return Err(fatal(e)),
+                }
+            }
+        }
+        self.reader.get(key)
+    }
+
+    /// Sets every pair in one log entry; returns its log index once applied.
+    pub async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64> {
+        self.write(Command::Set { pairs }).await
+    }
+
+    /// Deletes `key` (a no-op if it is absent); returns the log index once applied.
+    pub async fn delete(&self, key: String) -> Result<u64> {
+        self.write(Command::Delete { key }).await
+    }
+
+    async fn write(&self, cmd: Command) -> Result<u64> {
+        self.check_leader()?;
+        let t = self.opts.write_timeout;
+        match tokio::time::timeout(t, self.raft.client_write(cmd)).await {
+            Err(_) => Err(Error::Timeout {
+                what: "write (outcome unknown: it may still commit)".into(),
+                after: t,
+            }),
+            Ok(Ok(resp)) => Ok(resp.log_id.index),
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+                leader: f.leader_node.or_else(|| self.leader()),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+                ChangeMembershipError::InProgress(_) => Error::Conflict(c.to_string()),
+                other => Error::Invalid(other.to_string()),
+            },
+            RaftError::Fatal(f) => fatal(f),
+        }
+    }
+
+    /// Fails with `NotLeader` unless this node currently believes it is the leader.
+    fn check_leader(&self) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader && m.current_leader == Some(self.id) {
+            return Ok(());
+        }
+        Err(Error::NotLeader {
+            leader: self.leader(),
+        })
+    }
+
+    /// The leader this node knows of, with its advertised addresses.
+    pub fn leader(&self) -> Option<Node> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Adds a node: as a learner, then, once it has caught up, as a voter. Idempotent for
+    /// the same name and addresses; the same name with new addresses replaces the entry.
+    pub async fn join(&self, node: Node) -> Result<()> {
+        if node.name.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
+            return Err(Error::Invalid("id, addr and http_addr must be non-empty".into()));
+        }
+        self.check_leader()?;
+        let _guard = self.membership_lock.lock().await;
+        let id = node_id_for(&node.name);
+        let (existing, is_voter) = {
+            let m = self.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership();
+            (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
+        };
+        if let Some(old) = &existing {
+            if old.name != node.name {
+                return Err(Error::Invalid(format!(
+                    "id {:?} hashes like existing member {:?}; choose another id",
+                    node.name, old.name
+                )));
+            }
+            if *old == node && is_voter {
+                log::info!("join: {node} is already a voter");
+                return Ok(());
+            }
+            if *old != node {
+                log::info!("join: {} changed addresses; replacing {old}", node.name);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.change_membership(change, "removing the old entry").await?;
+            }
+        }
+        if existing.as_ref() != Some(&node) {
+            let t = self.opts.write_timeout;
+            let resp = tokio::time::timeout(t, self.raft.add_learner(id, node.clone(), false))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: format!("adding {} as a learner", node.name),
+                    after: t,
+                })?
+                .map_err(|e| self.write_error(e))?;
+            log::info!("join: added {node} as a learner at log {}", resp.log_id.index);
+        }
+        self.wait_caught_up(id, &node.name).await?;
+        self.change_membership(
+            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+            "promoting to voter",
+        )
+        .await?;
+        log::info!("join: {node} is a voter");
+        Ok(())
+    }
+
+    /// Waits until the leader has replicated its whole log to `id`.
+    async fn wait_caught_up(&self, id: NodeId, name: &str) -> Result<()> {
+        let t = self.opts.join_timeout;
+        let mut rx = self.raft.metrics();
+        let wait = rx.wait_for(|m| {
+            let Some(last) = m.last_log_index else {
+                return true;
+            };
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .and_then(|l| l.as_ref())
+                .map(|l| l.index);
+            // Close enough that promotion will not stall commits.
+            matched.is_some_and(|i| i + 10 >= last) || m.state != ServerState::Leader
+        });
+        tokio::time::timeout(t, wait)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("{name} catching up with the leader's log"),
+                after: t,
+            })?
+            .map_err(|_| Error::ShuttingDown)?;
+        self.check_leader()
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, Node>, what: &str) -> Result<u64> {
+        let t = self.opts.write_timeout * 2;
+        match tokio::time::timeout(t, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(Error::Timeout {
+                what: format!("{what} (membership change; outcome unknown)"),
+                after: t,
+            }),
+            Ok(Ok(resp)) => Ok(resp.log_id.index),
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Removes the member called `name`. The removed node is told, and shuts itself down.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        self.check_leader()?;
+        let _guard = self.membership_lock.lock().await;
+        let id = node_id_for(name);
+        let (node, is_voter) = {
+            let m = self.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership();
+            (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
+        };
+        let Some(node) = node.filter(|n| n.name == name) else {
+            return Err(Error::NotFound(format!("no member named {name:?}")));
+        };
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.change_membership(change, &format!("removing {name}")).await?;
+        log::info!("remove: {node} removed");
+        if id != self.id {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    let req = PeerRequest::Removed { node_id: id };
+                    if net.call(&node.raft_addr, &req, Duration::from_secs(2)).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                log::warn!("could not tell {node} it was removed");
+            });
+        }
+        Ok(())
+    }
+
+    /// This node's current view of itself and the cluster.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| Member {
+                node: n.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        Status {
+            name: self.me.name.clone(),
+            role,
+            term: m.current_term,
+            leader: m
+                .current_leader
+                .and_then(|id| mem.get_node(&id).cloned()),
+            members,
+            commit_index: self.committed.load(Ordering::Relaxed).max(applied),
+            applied_index: applied,
+        }
+    }
+
+    /// Stops Raft; storage is flushed and closed when the last handle is dropped.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            log::warn!("raft shutdown: {e}");
+        }
+    }
+}
+
+fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
+    match e {
+        openraft::error::Fatal::Stopped => Error::ShuttingDown,
+        other => Error::Raft(other.to_string()),
+    }
+}

@@ -1,0 +1,339 @@
+//! openraft's `RaftStateMachine` on RocksDB: the key-value data itself, plus
+//! `last_applied` and membership, always changed together in one atomic write batch.
+//!
+//! Data lives only in RocksDB (never in an in-memory map). Readers go straight to RocksDB
+//! through [`StateReader`]; the `install` lock keeps them from seeing a half-installed
+//! snapshot.
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::StorageIOError;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+
+use crate::db;
+use crate::snapshot;
+use crate::snapshot::KEY_LAST_APPLIED;
+use crate::snapshot::KEY_MEMBERSHIP;
+use crate::types::encode;
+use crate::types::Applied;
+use crate::types::Command;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::SnapshotFile;
+use crate::types::SnapshotMeta;
+use crate::types::StorageError;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+
+/// Names the snapshot file whose installation had begun; present only while installing,
+/// so a crash mid-install is finished at the next start.
+const KEY_INSTALLING: &[u8] = b"installing";
+/// Every valid UTF-8 key sorts below this byte, so `[b"", DATA_END)` covers all data.
+const DATA_END: &[u8] = b"\xff";
+/// How many bytes of records an install writes per batch, to keep memory bounded.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// Read access to the applied state, shared by the HTTP read path.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+    /// Held for writing while a snapshot replaces the data, so reads never see a mix of the
+    /// old and new state.
+    install: Arc<RwLock<()>>,
+}
+
+impl StateReader {
+    /// The value of `key` in the locally applied state.
+    pub fn get(&self, key: &str) -> crate::Result<Option<String>> {
+        let _guard = self.install.read().unwrap_or_else(|e| e.into_inner());
+        let cf = self.db.cf_handle(db::CF_DATA).expect("data column family");
+        match self.db.get_pinned_cf(cf, key.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+        }
+    }
+}
+
+/// The state machine handle openraft owns.
+pub struct StateMachine {
+    db: Arc<DB>,
+    reader: StateReader,
+    snapshot_dir: PathBuf,
+    /// The file the current snapshot transfer is being received into.
+    receiving: Arc<Mutex<Option<PathBuf>>>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), &e).into()
+}
+
+impl StateMachine {
+    /// Opens the state machine, finishing any snapshot install a crash interrupted.
+    pub(crate) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let sm = StateMachine {
+            reader: StateReader {
+                db: db.clone(),
+                install: Arc::new(RwLock::new(())),
+            },
+            db,
+            snapshot_dir,
+            receiving: Arc::new(Mutex::new(None)),
+        };
+        let cf = sm.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        if let Some(name) = sm.db.get_cf(cf, KEY_INSTALLING).map_err(io::Error::other)? {
+            let path = sm.snapshot_dir.join(String::from_utf8_lossy(&name).as_ref());
+            log::warn!("finishing interrupted snapshot install from {}", path.display());
+            install_file(&sm.db, &path)?;
+        }
+        snapshot::newest_and_cleanup(&sm.snapshot_dir)?;
+        Ok(sm)
+    }
+
+    pub fn reader(&self) -> StateReader {
+        self.reader.clone()
+    }
+
+    fn current_snapshot_path(&self) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        for ent in std::fs::read_dir(&self.snapshot_dir)? {
+            let path = ent?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(snapshot::SUFFIX) {
+                continue;
+            }
+            if let Ok(r) = snapshot::Reader::open(&path) {
+                if best.as_ref().is_none_or(|(b, _)| r.meta.last_log_id > b.last_log_id) {
+                    best = Some((r.meta, path));
+                }
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// Replaces the whole state with the contents of a snapshot file. Blocking.
+///
+/// The first batch records an "installing" marker and clears the data; records follow in
+/// bounded batches; the last batch sets `last_applied` and membership and drops the marker,
+/// fsynced. A crash in between leaves the marker, and [`StateMachine::open`] re-runs this.
+fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
+    let mut r = snapshot::Reader::open(path)?;
+    let data = db.cf_handle(db::CF_DATA).expect("data column family");
+    let meta_cf = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta_cf, KEY_INSTALLING, name.as_bytes());
+    batch.delete_range_cf(data, b"", DATA_END);
+    db.write_opt(batch, &db::sync_write())
+        .map_err(io::Error::other)?;
+    let mut batch = WriteBatch::default();
+    while let Some((k, v)) = r.next_record()? {
+        batch.put_cf(data, k, v);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write(std::mem::take(&mut batch))
+                .map_err(io::Error::other)?;
+        }
+    }
+    let meta = r.meta;
+    batch.put_cf(meta_cf, KEY_LAST_APPLIED, encode(&meta.last_log_id)?);
+    batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+    batch.delete_cf(meta_cf, KEY_INSTALLING);
+    db.write_opt(batch, &db::sync_write())
+        .map_err(io::Error::other)?;
+    Ok(meta)
+}
+
+/// Builds snapshots; a separate handle so openraft can build while applying continues.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            let (meta, path) = snapshot::build(&db, &dir)?;
+            snapshot::remove_except(&dir, &path)?;
+            Ok::<_, io::Error>((meta, path))
+        })
+        .await
+        .map_err(|e| snap_err(None, io::Error::other(e)))?
+        .map_err(|e| snap_err(None, e))?;
+        log::info!(
+            "built snapshot {} at {:?}",
+            meta.snapshot_id,
+            meta.last_log_id
+        );
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(Some(&meta), e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let cf = self.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        snapshot::read_applied(|k| self.db.get_cf(cf, k))
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let data = self.db.cf_handle(db::CF_DATA).expect("data column family");
+        let meta = self.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(Command::Set { pairs }) => {
+                    for (k, v) in pairs {
+                        batch.put_cf(data, k.as_bytes(), v.as_bytes());
+                    }
+                }
+                EntryPayload::Normal(Command::Delete { key }) => {
+                    batch.delete_cf(data, key.as_bytes());
+                }
+                EntryPayload::Membership(m) => {
+                    let sm = StoredMembership::new(Some(entry.log_id), m);
+                    batch.put_cf(meta, KEY_MEMBERSHIP, encode(&sm).map_err(sm_err)?);
+                }
+            }
+            out.push(Applied);
+        }
+        if let Some(last) = last {
+            batch.put_cf(meta, KEY_LAST_APPLIED, encode(&Some(last)).map_err(sm_err)?);
+            // Not fsynced on its own: the log entries are, and the shared WAL recovers a
+            // prefix, so a crash can only roll `last_applied` back to entries still in the
+            // log (see db.rs).
+            self.db.write(batch).map_err(sm_err)?;
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let path = self.snapshot_dir.join(format!("{n}.incoming"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(None, e))?;
+        let old = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(path);
+        if let Some(old) = old {
+            let _ = tokio::fs::remove_file(old).await;
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
+        let incoming = self
+            .receiving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(incoming) = incoming else {
+            return Err(snap_err(
+                Some(meta),
+                io::Error::other("install_snapshot without a received snapshot file"),
+            ));
+        };
+        let mut file = *snapshot;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
+        file.sync_all().await.map_err(|e| snap_err(Some(meta), e))?;
+        drop(file);
+
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let lock = self.reader.install.clone();
+        let want = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let got = snapshot::Reader::open(&incoming)?.meta;
+            if got.snapshot_id != want.snapshot_id || got.last_log_id != want.last_log_id {
+                return Err(io::Error::other(format!(
+                    "received snapshot {} does not match {}",
+                    got.snapshot_id, want.snapshot_id
+                )));
+            }
+            let path = snapshot::final_path(&dir, &want);
+            std::fs::rename(&incoming, &path)?;
+            snapshot::sync_dir(&dir)?;
+            let _guard = lock.write().unwrap_or_else(|e| e.into_inner());
+            install_file(&db, &path)?;
+            snapshot::remove_except(&dir, &path)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(Some(meta), io::Error::other(e)))?
+        .map_err(|e| snap_err(Some(meta), e))?;
+        log::info!("installed snapshot {} at {:?}", meta.snapshot_id, meta.last_log_id);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some((meta, path)) = self.current_snapshot_path().map_err(|e| snap_err(None, e))? else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(Some(&meta), e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}
