@@ -139,31 +139,61 @@ mod tests {
 
     #[test]
     fn go_style_flags_become_long_flags() {
-        let argv = v(&["hraftd", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000", "-h", "--id", "x", "dir"]);
+        let argv = v(&[
+            "hraftd", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000", "-h", "--id", "x",
+            "dir",
+        ]);
         assert_eq!(
             go_style(argv),
-            v(&["hraftd", "--haddr", ":11001", "--raddr", ":12001", "--join", ":11000", "-h", "--id", "x", "dir"])
+            v(&[
+                "hraftd", "--haddr", ":11001", "--raddr", ":12001", "--join", ":11000", "-h",
+                "--id", "x", "dir"
+            ])
         );
     }
 
     #[test]
     fn parses_the_readme_command() {
-        let a = Args::parse_go_style(v(&["hraftd", "-haddr", ":11001", "-raddr", ":12001", "-join", ":11000,:11002", "/tmp/n1"]));
+        let a = Args::parse_go_style(v(&[
+            "hraftd",
+            "-haddr",
+            ":11001",
+            "-raddr",
+            ":12001",
+            "-join",
+            ":11000,:11002",
+            "/tmp/n1",
+        ]));
         assert_eq!(a.haddr, ":11001");
         assert_eq!(a.join, v(&[":11000", ":11002"]));
         assert_eq!(a.data_dir, PathBuf::from("/tmp/n1"));
         assert_eq!(a.snapshot_threshold, 10_000);
         let d = Args::parse_go_style(v(&["hraftd", "/tmp/n0"]));
-        assert_eq!((d.haddr.as_str(), d.raddr.as_str()), ("localhost:11000", "localhost:12000"));
+        assert_eq!(
+            (d.haddr.as_str(), d.raddr.as_str()),
+            ("localhost:11000", "localhost:12000")
+        );
     }
 
     #[test]
     fn advertised_addresses() {
-        assert_eq!(advertised(None, ":11001", 11001).unwrap(), "127.0.0.1:11001");
+        assert_eq!(
+            advertised(None, ":11001", 11001).unwrap(),
+            "127.0.0.1:11001"
+        );
         assert_eq!(advertised(None, "0.0.0.0:5", 5).unwrap(), "127.0.0.1:5");
-        assert_eq!(advertised(None, "localhost:11000", 11000).unwrap(), "localhost:11000");
-        assert_eq!(advertised(Some("db1:80"), ":11001", 11001).unwrap(), "db1:80");
-        assert_eq!(advertised(None, "127.0.0.1:0", 4242).unwrap(), "127.0.0.1:4242");
+        assert_eq!(
+            advertised(None, "localhost:11000", 11000).unwrap(),
+            "localhost:11000"
+        );
+        assert_eq!(
+            advertised(Some("db1:80"), ":11001", 11001).unwrap(),
+            "db1:80"
+        );
+        assert_eq!(
+            advertised(None, "127.0.0.1:0", 4242).unwrap(),
+            "127.0.0.1:4242"
+        );
         assert!(advertised(None, "nonsense", 1).is_err());
         assert_eq!(dial_addr(":11000"), "127.0.0.1:11000");
     }

@@ -13,7 +13,13 @@ use crate::cli::dial_addr;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Asks the cluster reachable at `targets` to add this node, until `deadline` has passed.
-pub async fn join(targets: &[String], id: &str, raft_addr: &str, http_addr: &str, deadline: Duration) -> anyhow::Result<()> {
+pub async fn join(
+    targets: &[String],
+    id: &str,
+    raft_addr: &str,
+    http_addr: &str,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(5))
         .timeout(REQUEST_TIMEOUT)

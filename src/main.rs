@@ -21,7 +21,11 @@ use crate::cli::Args;
 /// Binds `addr` with SO_REUSEADDR, so a restarted node gets its port back at once.
 async fn listen(addr: &str, what: &str) -> anyhow::Result<std::net::TcpListener> {
     let sa = cli::bind_addr(addr).await?;
-    let socket = if sa.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+    let socket = if sa.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
     socket.set_reuseaddr(true)?;
     socket
         .bind(sa)
@@ -56,14 +60,25 @@ async fn run() -> anyhow::Result<()> {
     // 2. Listeners first: a busy port fails fast, before any state is touched.
     let raft_listener = listen(&args.raddr, "raft").await?;
     let http_listener = listen(&args.haddr, "HTTP").await?;
-    let radv = cli::advertised(args.radv.as_deref(), &args.raddr, raft_listener.local_addr()?.port())?;
-    let hadv = cli::advertised(args.hadv.as_deref(), &args.haddr, http_listener.local_addr()?.port())?;
+    let radv = cli::advertised(
+        args.radv.as_deref(),
+        &args.raddr,
+        raft_listener.local_addr()?.port(),
+    )?;
+    let hadv = cli::advertised(
+        args.hadv.as_deref(),
+        &args.haddr,
+        http_listener.local_addr()?.port(),
+    )?;
     let name = match (&args.id, hraftd_store::stored_name(&args.data_dir)) {
         (Some(id), _) => id.clone(),
         (None, Some(stored)) => stored,
         (None, None) => radv.clone(),
     };
-    log::info!("node {name:?}: raft {radv}, http {hadv}, data {}", args.data_dir.display());
+    log::info!(
+        "node {name:?}: raft {radv}, http {hadv}, data {}",
+        args.data_dir.display()
+    );
 
     // 3. Open the store (RocksDB + openraft).
     let mut opts = Options::new(&name, &radv, &hadv, &args.data_dir);
@@ -87,12 +102,20 @@ async fn run() -> anyhow::Result<()> {
         body_limit: args.body_limit,
     };
     let api = Arc::new(api::Api(store.clone()));
-    let http_task = tokio::spawn(hraftd_httpd::serve(http_listener, api, settings, stopped(stop_rx)));
+    let http_task = tokio::spawn(hraftd_httpd::serve(
+        http_listener,
+        api,
+        settings,
+        stopped(stop_rx),
+    ));
 
     // 6. Bootstrap, join, or resume.
     if store.is_initialized().await? {
         if !args.join.is_empty() {
-            log::info!("{} has Raft state; resuming and ignoring -join", args.data_dir.display());
+            log::info!(
+                "{} has Raft state; resuming and ignoring -join",
+                args.data_dir.display()
+            );
         }
     } else if args.join.is_empty() {
         log::info!("no Raft state and no -join: bootstrapping a single-node cluster");

@@ -32,12 +32,19 @@ async fn three_nodes_join_redirect_and_replicate() {
         let (st, h, v) = c.raw(follower, method.clone(), path, body).await;
         assert_eq!(st, StatusCode::TEMPORARY_REDIRECT, "{method} {path}: {v}");
         let loc = h.get("location").expect("Location").to_str().unwrap();
-        assert_eq!(loc, format!("http://{leader_http}{path}"), "{method} {path}");
+        assert_eq!(
+            loc,
+            format!("http://{leader_http}{path}"),
+            "{method} {path}"
+        );
     }
 
     // Following the redirect (curl -L) works for writes and consistent reads.
     c.must_put(follower, "user1", "batman").await;
-    assert_eq!(c.must_get(follower, "user1", "consistent").await.as_deref(), Some("batman"));
+    assert_eq!(
+        c.must_get(follower, "user1", "consistent").await.as_deref(),
+        Some("batman")
+    );
     // Every node applies it and serves it stale.
     for i in 0..3 {
         c.must_see(i, "user1", "batman").await;
@@ -45,7 +52,10 @@ async fn three_nodes_join_redirect_and_replicate() {
 
     // Joining again with the same id and addresses is a no-op.
     let n = &c.nodes[follower];
-    let body = format!(r#"{{"id":"{}","addr":"{}","http_addr":"{}"}}"#, n.name, n.raft, n.http);
+    let body = format!(
+        r#"{{"id":"{}","addr":"{}","http_addr":"{}"}}"#,
+        n.name, n.raft, n.http
+    );
     let (st, _, v) = c.raw(leader, Method::POST, "/join", &body).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let s = c.status(leader).await.unwrap();
@@ -65,13 +75,20 @@ async fn stale_reads_work_without_a_leader() {
     c.kill(others[0]);
     let survivor = others[1];
     // With two of three gone, the survivor soon knows no leader...
-    common::wait_for("the survivor to know no leader", common::DEADLINE, || async {
-        let s = c.status(survivor).await?;
-        s["leader"].is_null().then_some(())
-    })
+    common::wait_for(
+        "the survivor to know no leader",
+        common::DEADLINE,
+        || async {
+            let s = c.status(survivor).await?;
+            s["leader"].is_null().then_some(())
+        },
+    )
     .await;
     // ...yet serves stale reads, and refuses leader-only ones with 503 + Retry-After.
-    assert_eq!(c.must_get(survivor, "k", "stale").await.as_deref(), Some("v"));
+    assert_eq!(
+        c.must_get(survivor, "k", "stale").await.as_deref(),
+        Some("v")
+    );
     let (st, h, v) = c.raw(survivor, Method::GET, "/key/k", "").await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert!(h.get("retry-after").is_some());
@@ -91,11 +108,22 @@ async fn write_without_quorum_fails_in_bounded_time() {
     let (st, _, v) = c.raw(leader, Method::POST, "/key", r#"{"k":"w"}"#).await;
     let took = started.elapsed();
     assert!(st.is_server_error(), "{st} {v}");
-    assert!(v["error"].as_str().unwrap().contains("outcome unknown"), "{v}");
-    assert!(took < Duration::from_secs(6), "a 2 s write timeout took {took:?}");
+    assert!(
+        v["error"].as_str().unwrap().contains("outcome unknown"),
+        "{v}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "a 2 s write timeout took {took:?}"
+    );
     assert_eq!(c.must_get(leader, "k", "stale").await.as_deref(), Some("v"));
     let started = Instant::now();
-    let (st, _, v) = c.raw(leader, Method::GET, "/key/k?level=consistent", "").await;
-    assert!(st.is_server_error(), "a consistent read without quorum must fail: {st} {v}");
+    let (st, _, v) = c
+        .raw(leader, Method::GET, "/key/k?level=consistent", "")
+        .await;
+    assert!(
+        st.is_server_error(),
+        "a consistent read without quorum must fail: {st} {v}"
+    );
     assert!(started.elapsed() < Duration::from_secs(6));
 }

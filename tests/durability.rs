@@ -20,7 +20,8 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
 
     let mut writers = Vec::new();
     for w in 0..4 {
-        let (client, url, acked, stop) = (c.client.clone(), url.clone(), acked.clone(), stop.clone());
+        let (client, url, acked, stop) =
+            (c.client.clone(), url.clone(), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -42,10 +43,14 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
         }));
     }
     // Let the writers get some writes acknowledged, then kill everything mid-stream.
-    common::wait_for("writers to get 200 writes acknowledged", Duration::from_secs(60), || {
-        let n = acked.lock().unwrap().len();
-        async move { (n >= 200).then_some(()) }
-    })
+    common::wait_for(
+        "writers to get 200 writes acknowledged",
+        Duration::from_secs(60),
+        || {
+            let n = acked.lock().unwrap().len();
+            async move { (n >= 200).then_some(()) }
+        },
+    )
     .await;
     for i in 0..3 {
         c.kill(i);
@@ -68,5 +73,9 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
             "acknowledged write {k}={v} lost after kill -9 of all nodes"
         );
     }
-    eprintln!("verified {} acknowledged writes in {:?}", acked.len(), started.elapsed());
+    eprintln!(
+        "verified {} acknowledged writes in {:?}",
+        acked.len(),
+        started.elapsed()
+    );
 }

@@ -17,7 +17,10 @@ async fn leader_kill_elects_new_leader_and_old_leader_catches_up() {
     for i in 0..20 {
         c.must_put(new, &format!("after{i}"), &i.to_string()).await;
     }
-    assert_eq!(c.must_get(new, "before", "consistent").await.as_deref(), Some("1"));
+    assert_eq!(
+        c.must_get(new, "before", "consistent").await.as_deref(),
+        Some("1")
+    );
 
     c.restart(old);
     c.must_see(old, "after19", "19").await;

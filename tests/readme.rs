@@ -23,7 +23,10 @@ async fn readme_quick_start() {
         if i > 0 {
             cmd.args(["-join", &format!(":{first_http}")]);
         }
-        cmd.arg(&dir).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         let child = cmd.spawn().expect("spawn hraftd");
         c.nodes.push(common::TestNode {
             // The default id is the advertised raft address.
@@ -49,12 +52,24 @@ async fn readme_quick_start() {
     assert_eq!(r.status(), 200);
     // curl -L 'localhost:11001/key/user1?level=consistent', on every node
     for i in 0..3 {
-        assert_eq!(c.must_get(i, "user1", "consistent").await.as_deref(), Some("batman"));
+        assert_eq!(
+            c.must_get(i, "user1", "consistent").await.as_deref(),
+            Some("batman")
+        );
     }
     // --help documents the flags.
     let help = Command::new(common::bin()).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--haddr", "--raddr", "--hadv", "--radv", "--join", "--id", "--snapshot-threshold", "DATA_DIR"] {
+    for flag in [
+        "--haddr",
+        "--raddr",
+        "--hadv",
+        "--radv",
+        "--join",
+        "--id",
+        "--snapshot-threshold",
+        "DATA_DIR",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
 }

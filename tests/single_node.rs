@@ -16,19 +16,39 @@ async fn bootstrap_and_crud() {
     assert_eq!(s["members"].as_array().map(|m| m.len()), Some(1));
     assert_eq!(s["members"][0]["voter"], true);
 
-    let (st, _, v) = c.raw(0, Method::POST, "/key", r#"{"user1":"batman","user2":"robin"}"#).await;
+    let (st, _, v) = c
+        .raw(
+            0,
+            Method::POST,
+            "/key",
+            r#"{"user1":"batman","user2":"robin"}"#,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let first = v["index"].as_u64().expect("index");
     for level in ["stale", "default", "consistent"] {
-        assert_eq!(c.must_get(0, "user1", level).await.as_deref(), Some("batman"), "{level}");
+        assert_eq!(
+            c.must_get(0, "user1", level).await.as_deref(),
+            Some("batman"),
+            "{level}"
+        );
     }
-    let (st, _, v) = c.raw(0, Method::GET, "/key?key=user2&level=consistent", "").await;
+    let (st, _, v) = c
+        .raw(0, Method::GET, "/key?key=user2&level=consistent", "")
+        .await;
     assert_eq!((st, v), (StatusCode::OK, json!({"user2": "robin"})));
 
-    let (st, _, v) = c.raw(0, Method::PUT, "/key/dir/sub%20key", "raw bytes").await;
+    let (st, _, v) = c
+        .raw(0, Method::PUT, "/key/dir/sub%20key", "raw bytes")
+        .await;
     assert_eq!(st, StatusCode::OK);
     assert!(v["index"].as_u64().unwrap() > first, "indexes grow");
-    assert_eq!(c.must_get(0, "dir/sub%20key", "default").await.as_deref(), Some("raw bytes"));
+    // Percent-encoded bytes in the path are decoded: the key is "dir/sub key".
+    let (st, _, v) = c.raw(0, Method::GET, "/key/dir/sub%20key", "").await;
+    assert_eq!(
+        (st, v),
+        (StatusCode::OK, json!({"dir/sub key": "raw bytes"}))
+    );
 
     let (st, _, _) = c.raw(0, Method::DELETE, "/key/user1", "").await;
     assert_eq!(st, StatusCode::OK);
@@ -55,16 +75,39 @@ async fn bad_input_gets_json_errors_and_changes_nothing() {
         (Method::POST, "/key", "{}", StatusCode::BAD_REQUEST),
         (Method::POST, "/key", r#"{"":"x"}"#, StatusCode::BAD_REQUEST),
         (Method::PUT, "/key/", "x", StatusCode::BAD_REQUEST),
-        (Method::GET, "/key/k?level=fresh", "", StatusCode::BAD_REQUEST),
-        (Method::POST, "/key", big.as_str(), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            Method::GET,
+            "/key/k?level=fresh",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/key",
+            big.as_str(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
         (Method::PATCH, "/key/k", "x", StatusCode::METHOD_NOT_ALLOWED),
         (Method::GET, "/join", "", StatusCode::METHOD_NOT_ALLOWED),
-        (Method::POST, "/join", r#"{"id":"x"}"#, StatusCode::BAD_REQUEST),
-        (Method::POST, "/remove", r#"{"id":"ghost"}"#, StatusCode::NOT_FOUND),
+        (
+            Method::POST,
+            "/join",
+            r#"{"id":"x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/remove",
+            r#"{"id":"ghost"}"#,
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let (st, _, v) = c.raw(0, method.clone(), path, body).await;
         assert_eq!(st, want, "{method} {path}: {v}");
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {v}"
+        );
     }
     assert_eq!(c.must_get(0, "k", "consistent").await.as_deref(), Some("v"));
     let after = c.status(0).await.expect("status")["applied_index"].clone();

@@ -41,7 +41,9 @@ pub(crate) async fn join<S: KvStore>(
         .map_err(|e| e.at(&req))?;
     let j: JoinRequest = parse(&body).map_err(|e| e.at(&req))?;
     if j.id.is_empty() || j.addr.is_empty() || j.http_addr.is_empty() {
-        return Err(ApiError::BadRequest("id, addr and http_addr must be non-empty".into()).at(&req));
+        return Err(
+            ApiError::BadRequest("id, addr and http_addr must be non-empty".into()).at(&req),
+        );
     }
     let id = j.id.clone();
     store.join(j).await.map_err(|e| e.at(&req))?;

@@ -101,9 +101,8 @@ impl ResponseError for Rejection {
                 resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
                 resp.json(json!({ "error": msg }))
             }
-            ApiError::MethodNotAllowed => {
-                resp.json(json!({ "error": format!("method not allowed on {}", self.path_and_query) }))
-            }
+            ApiError::MethodNotAllowed => resp
+                .json(json!({ "error": format!("method not allowed on {}", self.path_and_query) })),
             other => resp.json(json!({ "error": other.to_string() })),
         }
     }

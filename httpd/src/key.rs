@@ -79,7 +79,9 @@ pub(crate) fn parse_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError
         ));
     };
     if map.is_empty() {
-        return Err(ApiError::BadRequest("body must set at least one key".into()));
+        return Err(ApiError::BadRequest(
+            "body must set at least one key".into(),
+        ));
     }
     map.into_iter()
         .map(|(k, v)| {

@@ -73,7 +73,11 @@ pub struct Status {
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
 /// implementation decides what each failure means to a client (e.g. `NotLeader`).
 pub trait KvStore: Send + Sync + 'static {
-    fn get(&self, key: &str, level: ReadLevel) -> impl Future<Output = Result<Option<String>, ApiError>>;
+    fn get(
+        &self,
+        key: &str,
+        level: ReadLevel,
+    ) -> impl Future<Output = Result<Option<String>, ApiError>>;
     fn set(&self, pairs: Vec<(String, String)>) -> impl Future<Output = Result<u64, ApiError>>;
     fn delete(&self, key: String) -> impl Future<Output = Result<u64, ApiError>>;
     fn join(&self, req: JoinRequest) -> impl Future<Output = Result<(), ApiError>>;
@@ -90,7 +94,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { body_limit: 1 << 20 }
+        Settings {
+            body_limit: 1 << 20,
+        }
     }
 }
 

@@ -17,7 +17,9 @@ use super::*;
 #[derive(Debug, Clone, PartialEq)]
 enum Mode {
     Leader,
-    Follower { leader_http: Option<String> },
+    Follower {
+        leader_http: Option<String>,
+    },
     /// Writes and consistent reads time out / find no quorum.
     Stuck,
 }
@@ -76,7 +78,9 @@ impl KvStore for Fake {
     async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
         self.leader_check()?;
         if self.stuck() {
-            return Err(ApiError::Timeout("write did not commit within 5s; outcome unknown".into()));
+            return Err(ApiError::Timeout(
+                "write did not commit within 5s; outcome unknown".into(),
+            ));
         }
         self.data.lock().unwrap().extend(pairs);
         Ok(self.bump())
@@ -131,7 +135,7 @@ async fn call(
 ) -> (StatusCode, actix_web::http::header::HeaderMap, Value) {
     let app = test::init_service(app(fake.clone(), settings)).await;
     let req = test::TestRequest::default()
-        .method(method)
+        .method(method.clone())
         .uri(uri)
         .set_payload(body.to_vec())
         .to_request();
@@ -150,14 +154,25 @@ async fn req(fake: &Arc<Fake>, method: Method, uri: &str, body: &str) -> (Status
 }
 
 fn assert_error(v: &Value, contains: &str) {
-    let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error field in {v}"));
-    assert!(msg.contains(contains), "error {msg:?} should mention {contains:?}");
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {v}"));
+    assert!(
+        msg.contains(contains),
+        "error {msg:?} should mention {contains:?}"
+    );
 }
 
 #[actix_web::test]
 async fn write_read_delete_round_trip() {
     let f = Fake::new(Mode::Leader);
-    let (s, v) = req(&f, Method::POST, "/key", r#"{"user1":"batman","user2":"robin"}"#).await;
+    let (s, v) = req(
+        &f,
+        Method::POST,
+        "/key",
+        r#"{"user1":"batman","user2":"robin"}"#,
+    )
+    .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"index": 1})));
     let (s, v) = req(&f, Method::GET, "/key/user1", "").await;
     assert_eq!((s, v), (StatusCode::OK, json!({"user1": "batman"})));
@@ -169,7 +184,10 @@ async fn write_read_delete_round_trip() {
     assert_eq!((s, v), (StatusCode::OK, json!({"a/b": "raw value"})));
     let (s, _) = req(&f, Method::PUT, "/key/with%20space", "x").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(f.data.lock().unwrap().get("with space").map(String::as_str), Some("x"));
+    assert_eq!(
+        f.data.lock().unwrap().get("with space").map(String::as_str),
+        Some("x")
+    );
     let (s, _) = req(&f, Method::DELETE, "/key/user1", "").await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = req(&f, Method::GET, "/key/user1", "").await;
@@ -204,7 +222,11 @@ async fn follower_redirects_leader_only_requests() {
         };
         let (s, h, v) = call(&f, Settings::default(), method.clone(), uri, body).await;
         assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{method} {uri}");
-        let loc = h.get("location").expect("Location header").to_str().unwrap();
+        let loc = h
+            .get("location")
+            .expect("Location header")
+            .to_str()
+            .unwrap();
         assert_eq!(loc, format!("http://10.0.0.1:11000{uri}"), "{method} {uri}");
         assert_eq!(v["leader"], "10.0.0.1:11000");
     }
@@ -224,7 +246,11 @@ async fn no_leader_is_503_with_retry_after() {
         assert_error(&v, "no leader");
     }
     let (s, _) = req(&f, Method::GET, "/key/k?level=stale", "").await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "stale reads work without a leader");
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "stale reads work without a leader"
+    );
 }
 
 #[actix_web::test]
@@ -233,7 +259,14 @@ async fn stuck_cluster_answers_timeout_and_unavailable() {
     let (s, v) = req(&f, Method::POST, "/key", r#"{"k":"v"}"#).await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
     assert_error(&v, "outcome unknown");
-    let (s, h, _) = call(&f, Settings::default(), Method::GET, "/key/k?level=consistent", b"").await;
+    let (s, h, _) = call(
+        &f,
+        Settings::default(),
+        Method::GET,
+        "/key/k?level=consistent",
+        b"",
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.get("retry-after").is_some());
 }
@@ -245,7 +278,12 @@ async fn bad_input_is_400_and_changes_nothing() {
     for (method, uri, body, says) in [
         (Method::POST, "/key", "{not json", "malformed"),
         (Method::POST, "/key", r#"{"a":1}"#, "must be a string"),
-        (Method::POST, "/key", r#"{"a":"x","b":null}"#, "must be a string"),
+        (
+            Method::POST,
+            "/key",
+            r#"{"a":"x","b":null}"#,
+            "must be a string",
+        ),
         (Method::POST, "/key", r#"["a","b"]"#, "object"),
         (Method::POST, "/key", "{}", "at least one"),
         (Method::POST, "/key", r#"{"":"x"}"#, "empty"),
@@ -256,7 +294,12 @@ async fn bad_input_is_400_and_changes_nothing() {
         (Method::GET, "/key?key=", "", "empty"),
         (Method::DELETE, "/key", "", "missing"),
         (Method::POST, "/join", r#"{"id":"n1"}"#, "malformed"),
-        (Method::POST, "/join", r#"{"id":"","addr":"a","http_addr":"b"}"#, "non-empty"),
+        (
+            Method::POST,
+            "/join",
+            r#"{"id":"","addr":"a","http_addr":"b"}"#,
+            "non-empty",
+        ),
         (Method::POST, "/remove", "nope", "malformed"),
     ] {
         let (s, v) = req(&f, method.clone(), uri, body).await;
@@ -265,10 +308,20 @@ async fn bad_input_is_400_and_changes_nothing() {
     }
     let (s, _) = req(&f, Method::PUT, "/key/bad", "").await;
     assert_eq!(s, StatusCode::OK, "an empty value is a valid value");
-    let (s, _, v) = call(&f, Settings::default(), Method::PUT, "/key/bin", &[0xff, 0xfe]).await;
+    let (s, _, v) = call(
+        &f,
+        Settings::default(),
+        Method::PUT,
+        "/key/bin",
+        &[0xff, 0xfe],
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(f.index(), 1, "only the valid write reached the store");
-    assert_eq!(f.data.lock().unwrap().get("k").map(String::as_str), Some("v"));
+    assert_eq!(
+        f.data.lock().unwrap().get("k").map(String::as_str),
+        Some("v")
+    );
 }
 
 #[actix_web::test]
@@ -311,9 +364,21 @@ async fn wrong_method_is_405_and_unknown_path_404() {
 #[actix_web::test]
 async fn membership_and_status() {
     let f = Fake::new(Mode::Leader);
-    let (s, v) = req(&f, Method::POST, "/join", r#"{"id":"n1","addr":"h:12001","http_addr":"h:11001"}"#).await;
+    let (s, v) = req(
+        &f,
+        Method::POST,
+        "/join",
+        r#"{"id":"n1","addr":"h:12001","http_addr":"h:11001"}"#,
+    )
+    .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"joined": "n1"})));
-    let (s, v) = req(&f, Method::POST, "/join", r#"{"id":"busy","addr":"h:1","http_addr":"h:2"}"#).await;
+    let (s, v) = req(
+        &f,
+        Method::POST,
+        "/join",
+        r#"{"id":"busy","addr":"h:1","http_addr":"h:2"}"#,
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_error(&v, "in progress");
     let (s, _) = req(&f, Method::POST, "/remove", r#"{"id":"n1"}"#).await;

@@ -8,6 +8,10 @@
 //! ([`network`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
 //! hraftd uses.
 
+// openraft's StorageError is large and is what its storage traits return; boxing it
+// everywhere would fight the trait signatures.
+#![allow(clippy::result_large_err)]
+
 mod db;
 pub mod error;
 pub mod log_store;

@@ -72,7 +72,9 @@ impl LogStore {
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(db::CF_RAFT_META).expect("raft_meta column family")
+        self.db
+            .cf_handle(db::CF_RAFT_META)
+            .expect("raft_meta column family")
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -166,7 +168,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Not fsynced: losing it only means re-applying from an older point after a crash.
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf_meta(), KEY_COMMITTED, encode(&committed).map_err(write_err)?);
+        batch.put_cf(
+            self.cf_meta(),
+            KEY_COMMITTED,
+            encode(&committed).map_err(write_err)?,
+        );
         self.db.write(batch).map_err(write_err)
     }
 
@@ -175,7 +181,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(c.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -214,7 +224,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first (in the same batch), so a crash never leaves a
         // log whose start is unknown.
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf_meta(), KEY_LAST_PURGED, encode(&log_id).map_err(write_err)?);
+        batch.put_cf(
+            self.cf_meta(),
+            KEY_LAST_PURGED,
+            encode(&log_id).map_err(write_err)?,
+        );
         batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
         self.db.write(batch).map_err(write_err)
     }

@@ -54,7 +54,9 @@ pub(crate) enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// The leader tells a node it has been removed from the cluster.
-    Removed { node_id: NodeId },
+    Removed {
+        node_id: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,10 +135,18 @@ impl Network {
                 return Ok(resp);
             }
         }
-        let s = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + CONNECT_TIMEOUT), TcpStream::connect(addr))
-            .await
-            .map_err(|_| CallError::Unreachable(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))))?
-            .map_err(CallError::Unreachable)?;
+        let s = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + CONNECT_TIMEOUT),
+            TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| {
+            CallError::Unreachable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            ))
+        })?
+        .map_err(CallError::Unreachable)?;
         let _ = s.set_nodelay(true);
         self.exchange(addr, s, &body, deadline)
             .await
@@ -155,7 +165,9 @@ impl Network {
             read_frame(&mut s).await
         })
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("rpc to {addr} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, format!("rpc to {addr} timed out"))
+        })??;
         let resp: PeerResponse = decode(&resp)?;
         self.put_idle(addr, s);
         Ok(resp)
@@ -189,7 +201,10 @@ fn to_rpc_error<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Node, E>
 }
 
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, Node, E> {
-    let e = io::Error::new(io::ErrorKind::InvalidData, format!("unexpected peer response to {what}"));
+    let e = io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected peer response to {what}"),
+    );
     RPCError::Network(NetworkError::new(&e))
 }
 
@@ -199,8 +214,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        match self.net.call(&self.addr, &PeerRequest::Append(rpc), option.hard_ttl()).await {
-            Ok(PeerResponse::Append(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .net
+            .call(&self.addr, &PeerRequest::Append(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::Append(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("append_entries")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -210,9 +231,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
-        match self.net.call(&self.addr, &PeerRequest::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(PeerResponse::Snapshot(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .net
+            .call(&self.addr, &PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::Snapshot(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("install_snapshot")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -223,8 +253,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        match self.net.call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl()).await {
-            Ok(PeerResponse::Vote(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .net
+            .call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::Vote(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("vote")),
             Err(e) => Err(to_rpc_error(e)),
         }

@@ -133,6 +133,9 @@ pub struct Status {
 /// A running hraftd node. Cheap to share behind an `Arc`.
 pub struct Store {
     raft: Raft,
+    /// Kept to flush and quiesce RocksDB at shutdown, so the process never exits while
+    /// RocksDB's background threads are still running.
+    db: Arc<rocksdb::DB>,
     id: NodeId,
     me: Node,
     opts: Options,
@@ -160,7 +163,8 @@ impl Store {
     /// The peer transport is started separately with [`Store::serve_raft`].
     pub async fn open(opts: Options) -> Result<Arc<Store>> {
         let dir = &opts.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         match stored_name(dir) {
             Some(n) if n != opts.name => {
                 return Err(Error::Invalid(format!(
@@ -176,6 +180,7 @@ impl Store {
         let db = db::open(&dir.join("raft"))?;
         let committed = Arc::new(AtomicU64::new(0));
         let log_store = LogStore::new(db.clone(), committed.clone());
+        let db_handle = db.clone();
         if let Some(c) = log_store.saved_committed() {
             committed.store(c.index, Ordering::Relaxed);
         }
@@ -210,6 +215,7 @@ impl Store {
         let (removed, _) = watch::channel(false);
         let store = Arc::new(Store {
             raft,
+            db: db_handle,
             id,
             me,
             opts,
@@ -258,7 +264,12 @@ impl Store {
         let on_removed = Arc::new(move || {
             removed.send_replace(true);
         });
-        tokio::spawn(network::serve(listener, self.raft.clone(), on_removed, shutdown))
+        tokio::spawn(network::serve(
+            listener,
+            self.raft.clone(),
+            on_removed,
+            shutdown,
+        ))
     }
 
     /// This node's advertised identity.
@@ -381,7 +392,9 @@ impl Store {
     /// the same name and addresses; the same name with new addresses replaces the entry.
     pub async fn join(&self, node: Node) -> Result<()> {
         if node.name.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
-            return Err(Error::Invalid("id, addr and http_addr must be non-empty".into()));
+            return Err(Error::Invalid(
+                "id, addr and http_addr must be non-empty".into(),
+            ));
         }
         self.check_leader()?;
         let _guard = self.membership_lock.lock().await;
@@ -409,7 +422,8 @@ impl Store {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                self.change_membership(change, "removing the old entry").await?;
+                self.change_membership(change, "removing the old entry")
+                    .await?;
             }
         }
         if existing.as_ref() != Some(&node) {
@@ -421,7 +435,10 @@ impl Store {
                     after: t,
                 })?
                 .map_err(|e| self.write_error(e))?;
-            log::info!("join: added {node} as a learner at log {}", resp.log_id.index);
+            log::info!(
+                "join: added {node} as a learner at log {}",
+                resp.log_id.index
+            );
         }
         self.wait_caught_up(id, &node.name).await?;
         self.change_membership(
@@ -460,7 +477,11 @@ impl Store {
         self.check_leader()
     }
 
-    async fn change_membership(&self, change: ChangeMembers<NodeId, Node>, what: &str) -> Result<u64> {
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, Node>,
+        what: &str,
+    ) -> Result<u64> {
         let t = self.opts.write_timeout * 2;
         match tokio::time::timeout(t, self.raft.change_membership(change, false)).await {
             Err(_) => Err(Error::Timeout {
@@ -490,14 +511,19 @@ impl Store {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.change_membership(change, &format!("removing {name}")).await?;
+        self.change_membership(change, &format!("removing {name}"))
+            .await?;
         log::info!("remove: {node} removed");
         if id != self.id {
             let net = self.net.clone();
             tokio::spawn(async move {
                 for _ in 0..5 {
                     let req = PeerRequest::Removed { node_id: id };
-                    if net.call(&node.raft_addr, &req, Duration::from_secs(2)).await.is_ok() {
+                    if net
+                        .call(&node.raft_addr, &req, Duration::from_secs(2))
+                        .await
+                        .is_ok()
+                    {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -532,19 +558,29 @@ impl Store {
             name: self.me.name.clone(),
             role,
             term: m.current_term,
-            leader: m
-                .current_leader
-                .and_then(|id| mem.get_node(&id).cloned()),
+            leader: m.current_leader.and_then(|id| mem.get_node(&id).cloned()),
             members,
             commit_index: self.committed.load(Ordering::Relaxed).max(applied),
             applied_index: applied,
         }
     }
 
-    /// Stops Raft; storage is flushed and closed when the last handle is dropped.
+    /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             log::warn!("raft shutdown: {e}");
+        }
+        let db = self.db.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let r = db.flush_wal(true);
+            db.cancel_all_background_work(true);
+            r
+        })
+        .await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("flushing RocksDB at shutdown: {e}"),
+            Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
         }
     }
 }

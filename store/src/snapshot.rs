@@ -127,7 +127,10 @@ impl Reader {
         let mut magic = [0u8; 10];
         r.read_exact(&mut magic)?;
         if &magic != MAGIC {
-            return Err(invalid(format!("{}: not an hraftd snapshot", path.display())));
+            return Err(invalid(format!(
+                "{}: not an hraftd snapshot",
+                path.display()
+            )));
         }
         let len = read_u32(&mut r)? as usize;
         let mut meta = vec![0u8; len];
@@ -181,7 +184,11 @@ pub(crate) fn newest_and_cleanup(dir: &Path) -> io::Result<Option<(SnapshotMeta,
             None
         };
         match meta {
-            Some(m) if best.as_ref().is_none_or(|(b, _)| m.last_log_id > b.last_log_id) => {
+            Some(m)
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| m.last_log_id > b.last_log_id) =>
+            {
                 if let Some((_, old)) = best.replace((m, path)) {
                     others.push(old);
                 }

@@ -41,6 +41,7 @@ use crate::types::TypeConfig;
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Every valid UTF-8 key sorts below this byte, so `[b"", DATA_END)` covers all data.
 const DATA_END: &[u8] = b"\xff";
+const DATA_START: &[u8] = b"";
 /// How many bytes of records an install writes per batch, to keep memory bounded.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
@@ -95,10 +96,18 @@ impl StateMachine {
             snapshot_dir,
             receiving: Arc::new(Mutex::new(None)),
         };
-        let cf = sm.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        let cf = sm
+            .db
+            .cf_handle(db::CF_SM_META)
+            .expect("sm_meta column family");
         if let Some(name) = sm.db.get_cf(cf, KEY_INSTALLING).map_err(io::Error::other)? {
-            let path = sm.snapshot_dir.join(String::from_utf8_lossy(&name).as_ref());
-            log::warn!("finishing interrupted snapshot install from {}", path.display());
+            let path = sm
+                .snapshot_dir
+                .join(String::from_utf8_lossy(&name).as_ref());
+            log::warn!(
+                "finishing interrupted snapshot install from {}",
+                path.display()
+            );
             install_file(&sm.db, &path)?;
         }
         snapshot::newest_and_cleanup(&sm.snapshot_dir)?;
@@ -117,7 +126,10 @@ impl StateMachine {
                 continue;
             }
             if let Ok(r) = snapshot::Reader::open(&path) {
-                if best.as_ref().is_none_or(|(b, _)| r.meta.last_log_id > b.last_log_id) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| r.meta.last_log_id > b.last_log_id)
+                {
                     best = Some((r.meta, path));
                 }
             }
@@ -141,7 +153,7 @@ fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
         .unwrap_or_default();
     let mut batch = WriteBatch::default();
     batch.put_cf(meta_cf, KEY_INSTALLING, name.as_bytes());
-    batch.delete_range_cf(data, b"", DATA_END);
+    batch.delete_range_cf(data, DATA_START, DATA_END);
     db.write_opt(batch, &db::sync_write())
         .map_err(io::Error::other)?;
     let mut batch = WriteBatch::default();
@@ -159,6 +171,24 @@ fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
     db.write_opt(batch, &db::sync_write())
         .map_err(io::Error::other)?;
     Ok(meta)
+}
+
+/// Whether `file` is the file at `path` (same device and inode).
+async fn same_file(file: &tokio::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Copies all of `file`, from its start, into a new file at `path`.
+async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
+    use tokio::io::AsyncSeekExt;
+    file.seek(io::SeekFrom::Start(0)).await?;
+    let mut out = tokio::fs::File::create(path).await?;
+    tokio::io::copy(file, &mut out).await?;
+    out.sync_all().await
 }
 
 /// Builds snapshots; a separate handle so openraft can build while applying continues.
@@ -198,7 +228,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let cf = self.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        let cf = self
+            .db
+            .cf_handle(db::CF_SM_META)
+            .expect("sm_meta column family");
         snapshot::read_applied(|k| self.db.get_cf(cf, k))
             .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
@@ -209,7 +242,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let data = self.db.cf_handle(db::CF_DATA).expect("data column family");
-        let meta = self.db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+        let meta = self
+            .db
+            .cf_handle(db::CF_SM_META)
+            .expect("sm_meta column family");
         let mut batch = WriteBatch::default();
         let mut out = Vec::new();
         let mut last = None;
@@ -279,23 +315,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let incoming = self
+        // Normally `snapshot` is the file `begin_receiving_snapshot` created; then it is
+        // renamed into place. Any other handle (openraft only promises *a* SnapshotData) is
+        // copied into a new file first.
+        let receiving = self
             .receiving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let Some(incoming) = incoming else {
-            return Err(snap_err(
-                Some(meta),
-                io::Error::other("install_snapshot without a received snapshot file"),
-            ));
-        };
         let mut file = *snapshot;
         tokio::io::AsyncWriteExt::flush(&mut file)
             .await
             .map_err(|e| snap_err(Some(meta), e))?;
+        let incoming = match receiving {
+            Some(path) if same_file(&file, &path).await => path,
+            other => {
+                if let Some(stale) = other {
+                    let _ = tokio::fs::remove_file(stale).await;
+                }
+                let path = self
+                    .snapshot_dir
+                    .join(format!("{}.incoming", meta.snapshot_id));
+                copy_to(&mut file, &path)
+                    .await
+                    .map_err(|e| snap_err(Some(meta), e))?;
+                path
+            }
+        };
         file.sync_all().await.map_err(|e| snap_err(Some(meta), e))?;
         drop(file);
+        let incoming_file = tokio::fs::File::open(&incoming)
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
+        incoming_file
+            .sync_all()
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
+        drop(incoming_file);
 
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
@@ -320,12 +376,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(Some(meta), io::Error::other(e)))?
         .map_err(|e| snap_err(Some(meta), e))?;
-        log::info!("installed snapshot {} at {:?}", meta.snapshot_id, meta.last_log_id);
+        log::info!(
+            "installed snapshot {} at {:?}",
+            meta.snapshot_id,
+            meta.last_log_id
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, path)) = self.current_snapshot_path().map_err(|e| snap_err(None, e))? else {
+        let Some((meta, path)) = self
+            .current_snapshot_path()
+            .map_err(|e| snap_err(None, e))?
+        else {
             return Ok(None);
         };
         let file = tokio::fs::File::open(&path)

@@ -117,7 +117,10 @@ impl TestCluster {
     /// A cluster with no nodes yet; `extra_args` go to every node (e.g. `-snapshot-threshold`).
     pub fn empty(extra_args: &[&str]) -> TestCluster {
         TestCluster {
-            tmp: tempfile::Builder::new().prefix("hraftd-test").tempdir().expect("temp dir"),
+            tmp: tempfile::Builder::new()
+                .prefix("hraftd-test")
+                .tempdir()
+                .expect("temp dir"),
             nodes: Vec::new(),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -171,11 +174,18 @@ impl TestCluster {
             cmd.args(["-join", j]);
         }
         cmd.args(&n.extra_args).arg(&n.dir);
-        let log = File::options().create(true).append(true).open(&n.log).expect("log file");
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .expect("log file");
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         n.child = Some(cmd.spawn().expect("spawn hraftd"));
     }
 
@@ -202,14 +212,19 @@ impl TestCluster {
     }
 
     pub fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .collect()
     }
 
     /// Waits for node `i` to exit by itself; returns its exit status.
     pub async fn must_exit(&mut self, i: usize, deadline: Duration) -> ExitStatus {
         let name = self.nodes[i].name.clone();
         let st = wait_for(&format!("{name} to exit"), deadline, || {
-            let st = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let st = self.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             async move { st }
         })
         .await;
@@ -219,7 +234,12 @@ impl TestCluster {
 
     /// `/status` of node `i`, or `None` if it does not answer.
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let r = self.client.get(self.nodes[i].url("/status")).send().await.ok()?;
+        let r = self
+            .client
+            .get(self.nodes[i].url("/status"))
+            .send()
+            .await
+            .ok()?;
         if r.status() != StatusCode::OK {
             return None;
         }
@@ -231,20 +251,23 @@ impl TestCluster {
     pub async fn must_leader(&self) -> usize {
         let running = self.running();
         let what = format!("a leader agreed by nodes {running:?}");
-        let found = tokio::time::timeout(DEADLINE, wait_for(&what, DEADLINE, || async {
-            let mut leader = None;
-            for &i in &running {
-                let s = self.status(i).await?;
-                let name = s["leader"]["id"].as_str()?.to_string();
-                if leader.get_or_insert(name.clone()) != &name {
-                    return None;
+        let found = tokio::time::timeout(
+            DEADLINE,
+            wait_for(&what, DEADLINE, || async {
+                let mut leader = None;
+                for &i in &running {
+                    let s = self.status(i).await?;
+                    let name = s["leader"]["id"].as_str()?.to_string();
+                    if leader.get_or_insert(name.clone()) != &name {
+                        return None;
+                    }
                 }
-            }
-            let name = leader?;
-            let i = self.nodes.iter().position(|n| n.name == name)?;
-            let s = self.status(i).await?;
-            (s["role"] == "leader").then_some(i)
-        }))
+                let name = leader?;
+                let i = self.nodes.iter().position(|n| n.name == name)?;
+                let s = self.status(i).await?;
+                (s["role"] == "leader").then_some(i)
+            }),
+        )
         .await;
         match found {
             Ok(i) => i,
@@ -288,7 +311,12 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("POST /key on node{i}: {e}\n{}", self.logs()));
         let status = r.status();
         let v: Value = r.json().await.unwrap_or_default();
-        assert_eq!(status, StatusCode::OK, "POST /key {k} on node{i}: {v}\n{}", self.logs());
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "POST /key {k} on node{i}: {v}\n{}",
+            self.logs()
+        );
         v["index"].as_u64().expect("index in write response")
     }
 
@@ -307,16 +335,38 @@ impl TestCluster {
                 Some(v[k].as_str().expect("value is a string").to_string())
             }
             StatusCode::NOT_FOUND => None,
-            s => panic!("GET {url}: {s} {}\n{}", r.text().await.unwrap_or_default(), self.logs()),
+            s => panic!(
+                "GET {url}: {s} {}\n{}",
+                r.text().await.unwrap_or_default(),
+                self.logs()
+            ),
+        }
+    }
+
+    /// Like [`must_get`](Self::must_get), but `None` when the node does not answer 200 or 404
+    /// (e.g. while it restarts).
+    pub async fn try_get(&self, i: usize, k: &str, level: &str) -> Option<Option<String>> {
+        let url = self.nodes[i].url(&format!("/key/{k}?level={level}"));
+        let r = self.follow.get(&url).send().await.ok()?;
+        match r.status() {
+            StatusCode::OK => {
+                let v: Value = r.json().await.ok()?;
+                Some(Some(v[k].as_str()?.to_string()))
+            }
+            StatusCode::NOT_FOUND => Some(None),
+            _ => None,
         }
     }
 
     /// Waits until node `i` serves `k` = `v` from its local (stale) state.
     pub async fn must_see(&self, i: usize, k: &str, v: &str) {
         let what = format!("node{i} to apply {k}={v}");
-        let ok = tokio::time::timeout(DEADLINE, wait_for(&what, DEADLINE, || async {
-            (self.must_get(i, k, "stale").await.as_deref() == Some(v)).then_some(())
-        }))
+        let ok = tokio::time::timeout(
+            DEADLINE,
+            wait_for(&what, DEADLINE, || async {
+                (self.try_get(i, k, "stale").await?.as_deref() == Some(v)).then_some(())
+            }),
+        )
         .await;
         if ok.is_err() {
             panic!("{what}: timed out\n{}", self.logs());
@@ -324,7 +374,13 @@ impl TestCluster {
     }
 
     /// A raw request to node `i` without following redirects.
-    pub async fn raw(&self, i: usize, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    pub async fn raw(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let r = self
             .client
             .request(method.clone(), self.nodes[i].url(path))
@@ -335,8 +391,9 @@ impl TestCluster {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap_or_default();
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("{method} {path} on node{i}: {status} with non-JSON body {text:?}"));
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| {
+            panic!("{method} {path} on node{i}: {status} with non-JSON body {text:?}")
+        });
         (status, headers, v)
     }
 }
