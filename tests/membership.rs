@@ -98,3 +98,54 @@ async fn removing_the_leader_moves_leadership() {
     let s = c.status(new).await.unwrap();
     assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
 }
+
+#[tokio::test]
+async fn node_down_past_log_purge_catches_up_by_snapshot() {
+    let mut c = TestCluster::start(3, &["-snapshot-threshold", "20"]).await;
+    let leader = c.must_leader().await;
+    let lagger = (leader + 1) % 3;
+    c.must_put(leader, "first", "1").await;
+    c.must_see(lagger, "first", "1").await;
+    c.kill(lagger);
+    for i in 0..150 {
+        c.must_put(leader, &format!("k{i:03}"), &format!("v{i}"))
+            .await;
+    }
+    let before = std::fs::read_to_string(&c.nodes[lagger].log).unwrap().len();
+    c.restart(lagger);
+    c.must_see(lagger, "k149", "v149").await;
+    assert_eq!(
+        c.must_get(lagger, "first", "stale").await.as_deref(),
+        Some("1")
+    );
+    let log = std::fs::read_to_string(&c.nodes[lagger].log).unwrap();
+    assert!(
+        log[before..].contains("installed snapshot"),
+        "the restarted node should have caught up by snapshot:\n{}",
+        c.nodes[lagger].log_tail()
+    );
+}
+
+#[tokio::test]
+async fn same_id_with_new_addresses_replaces_the_member() {
+    let mut c = TestCluster::start(3, &[]).await;
+    let leader = c.must_leader().await;
+    c.must_put(leader, "k", "v").await;
+    let moved = (leader + 1) % 3;
+    c.kill(moved);
+    // The same node id comes back on new ports with a fresh data dir.
+    let n = &mut c.nodes[moved];
+    n.http = format!("127.0.0.1:{}", common::free_port());
+    n.raft = format!("127.0.0.1:{}", common::free_port());
+    n.dir = n.dir.with_extension("moved");
+    let (name, raft) = (n.name.clone(), n.raft.clone());
+    let join = c.nodes[leader].http.clone();
+    c.spawn(moved, Some(&join));
+    c.must_be_voter(&name).await;
+    let s = c.status(leader).await.unwrap();
+    let members = s["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{s}");
+    let m = members.iter().find(|m| m["id"] == name.as_str()).unwrap();
+    assert_eq!(m["raft_addr"], raft.as_str(), "{s}");
+    c.must_see(moved, "k", "v").await;
+}
