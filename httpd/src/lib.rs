@@ -181,8 +181,9 @@ pub async fn serve<S: KvStore>(
     tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
-            handle.stop(true).await;
-            server.await
+            // The server future must keep running to carry out the stop.
+            let (_, r) = tokio::join!(handle.stop(true), &mut server);
+            r
         }
     }
 }

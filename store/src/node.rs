@@ -229,20 +229,24 @@ impl Store {
         Ok(store)
     }
 
-    /// Watches this node's own view of membership: once it has been a member and a later
-    /// membership no longer lists it, it has been removed.
+    /// Watches this node's own view of membership: once it has seen itself as a member, a
+    /// later membership that no longer lists it means it has been removed. (A node that is
+    /// joining may first install a snapshot whose membership predates it: that is not a
+    /// removal, hence "has seen itself".)
     fn spawn_removal_watch(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
         let id = self.id;
         let removed = self.removed.clone();
         tokio::spawn(async move {
+            let mut was_member = false;
             loop {
-                let gone = {
+                let present = {
                     let m = rx.borrow_and_update();
-                    let mem = &m.membership_config;
-                    mem.log_id().is_some() && mem.membership().get_node(&id).is_none()
+                    m.membership_config.membership().get_node(&id).is_some()
                 };
-                if gone {
+                if present {
+                    was_member = true;
+                } else if was_member {
                     log::warn!("this node is no longer in the cluster's membership");
                     removed.send_replace(true);
                     return;
