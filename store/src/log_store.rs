@@ -42,6 +42,9 @@ pub struct LogStore {
     /// The last committed index openraft told us about, for `/status` (openraft 0.9's
     /// metrics do not carry it). Shared with the node handle.
     committed: Arc<AtomicU64>,
+    /// Whether purges wait for the state machine (see `purge`). Off only where the log
+    /// store is exercised on its own, without a state machine (openraft's test suite).
+    guard_purge: bool,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -64,7 +67,20 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
-        LogStore { db, committed }
+        LogStore {
+            db,
+            committed,
+            guard_purge: true,
+        }
+    }
+
+    /// A log store whose purges do not wait for a state machine.
+    #[cfg(test)]
+    pub(crate) fn unguarded(db: Arc<DB>) -> Self {
+        LogStore {
+            guard_purge: false,
+            ..LogStore::new(db, Arc::new(AtomicU64::new(0)))
+        }
     }
 
     fn cf_logs(&self) -> &rocksdb::ColumnFamily {
@@ -90,6 +106,16 @@ impl LogStore {
         self.db
             .write_opt(batch, &db::sync_write())
             .map_err(std::io::Error::other)
+    }
+
+    /// The state machine's `last_applied` index, from the same database.
+    fn applied_index(&self) -> std::io::Result<Option<u64>> {
+        let cf = self
+            .db
+            .cf_handle(db::CF_SM_META)
+            .expect("sm_meta column family");
+        let (applied, _) = crate::snapshot::read_applied(|k| self.db.get_cf(cf, k))?;
+        Ok(applied.map(|l| l.index))
     }
 
     /// The committed log id openraft last saved, read at start-up.
@@ -221,8 +247,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first (in the same batch), so a crash never leaves a
-        // log whose start is unknown.
+        // openraft may ask to purge up to a snapshot that the state machine is still
+        // installing (it does not wait for the install). Purging past what the state
+        // machine has durably applied could leave, after a crash, a log that starts beyond
+        // the state: so defer; openraft asks again after the next snapshot.
+        let applied = self.applied_index().map_err(read_err)?;
+        if self.guard_purge && applied.is_none_or(|a| a < log_id.index) {
+            log::debug!("deferring log purge to {log_id}: state machine has applied {applied:?}");
+            return Ok(());
+        }
+        // The purge point and the deletion go in one batch, so a crash never leaves a log
+        // whose start is unknown.
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf_meta(),
@@ -231,5 +266,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
         self.db.write(batch).map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+    use openraft::RaftLogReader;
+
+    use super::*;
+    use crate::state_machine::StateMachine;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: log_id(1, 0, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A purge beyond what the state machine has applied is deferred, so a crash can never
+    /// leave a log that starts after the state machine's last applied entry.
+    #[tokio::test]
+    async fn purge_waits_for_the_state_machine() {
+        let td = tempfile::tempdir().unwrap();
+        let db = db::open(&td.path().join("raft")).unwrap();
+        let mut log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        let mut sm = StateMachine::open(db.clone(), td.path().join("snapshots")).unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 1..=10 {
+            batch.put_cf(log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
+        }
+        db.write(batch).unwrap();
+
+        log.purge(log_id(1, 0, 5)).await.unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 10);
+
+        sm.apply((1..=6).map(blank)).await.unwrap();
+        log.purge(log_id(1, 0, 5)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 5)));
+        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 5);
     }
 }

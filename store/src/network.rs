@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use openraft::error::InstallSnapshotError;
 use openraft::error::NetworkError;
+use openraft::error::PayloadTooLarge;
 use openraft::error::RPCError;
 use openraft::error::RaftError;
 use openraft::error::RemoteError;
@@ -44,6 +45,9 @@ use crate::types::TypeConfig;
 /// Frames larger than this are refused (a batch of entries is at most
 /// `max_payload_entries` client requests of at most the HTTP body limit each).
 const MAX_FRAME: usize = 512 << 20;
+/// An append batch larger than this is refused locally with `PayloadTooLarge`, so openraft
+/// sends fewer entries: openraft gives each append RPC only a heartbeat interval to finish.
+const MAX_APPEND_BYTES: usize = 4 << 20;
 /// Idle connections kept per peer.
 const MAX_IDLE: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,9 +57,11 @@ pub(crate) enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// The leader tells a node it has been removed from the cluster.
+    /// The leader tells a node it has been removed from the cluster by the membership
+    /// change at log index `membership_index`.
     Removed {
         node_id: NodeId,
+        membership_index: u64,
     },
 }
 
@@ -129,10 +135,13 @@ impl Network {
         let body = encode(req).map_err(CallError::Failed)?;
         let deadline = tokio::time::Instant::now() + ttl;
         // A pooled connection may have been closed by a restarted peer; on an I/O error
-        // with one, try once more on a fresh connection.
+        // with one, try once more on a fresh connection (but not after a timeout: the
+        // deadline is spent).
         if let Some(s) = self.take_idle(addr) {
-            if let Ok(resp) = self.exchange(addr, s, &body, deadline).await {
-                return Ok(resp);
+            match self.exchange(addr, s, &body, deadline).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(CallError::Failed(e)),
+                Err(_) => {}
             }
         }
         let s = tokio::time::timeout_at(
@@ -214,6 +223,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        if n > 1 {
+            let bytes: u64 = rpc
+                .entries
+                .iter()
+                .map(|e| bincode::serialized_size(e).unwrap_or(0))
+                .sum();
+            if bytes > MAX_APPEND_BYTES as u64 {
+                let fit = n * MAX_APPEND_BYTES as u64 / bytes;
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit.clamp(1, n - 1)),
+                ));
+            }
+        }
         match self
             .net
             .call(&self.addr, &PeerRequest::Append(rpc), option.hard_ttl())
@@ -268,7 +291,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves. `on_removed` is
-/// called when the leader says this node has been removed.
+/// called when the leader says this node has been removed (unless this node has since seen
+/// a newer membership that includes it: a notice delayed past a re-join is stale).
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft,
@@ -314,9 +338,18 @@ async fn serve_conn(
             PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
-            PeerRequest::Removed { node_id } => {
-                let me = raft.metrics().borrow().id;
-                if node_id == me {
+            PeerRequest::Removed {
+                node_id,
+                membership_index,
+            } => {
+                let (me, rejoined) = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    let mem = &m.membership_config;
+                    let newer = mem.log_id().is_some_and(|l| l.index > membership_index);
+                    (m.id, newer && mem.membership().get_node(&m.id).is_some())
+                };
+                if node_id == me && !rejoined {
                     log::warn!("the leader says this node was removed from the cluster");
                     on_removed();
                 }

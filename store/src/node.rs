@@ -334,7 +334,7 @@ impl Store {
                 }
             }
         }
-        self.reader.get(key)
+        self.reader.get(key).await
     }
 
     /// Sets every pair in one log entry; returns its log index once applied.
@@ -481,19 +481,24 @@ impl Store {
         self.check_leader()
     }
 
+    /// Runs a membership change in its own task, so that timing out the wait never
+    /// abandons openraft's two-step change halfway (in a joint configuration).
     async fn change_membership(
         &self,
         change: ChangeMembers<NodeId, Node>,
         what: &str,
     ) -> Result<u64> {
         let t = self.opts.write_timeout * 2;
-        match tokio::time::timeout(t, self.raft.change_membership(change, false)).await {
+        let raft = self.raft.clone();
+        let task = tokio::spawn(async move { raft.change_membership(change, false).await });
+        match tokio::time::timeout(t, task).await {
             Err(_) => Err(Error::Timeout {
-                what: format!("{what} (membership change; outcome unknown)"),
+                what: format!("{what} (membership change; it may still complete)"),
                 after: t,
             }),
-            Ok(Ok(resp)) => Ok(resp.log_id.index),
-            Ok(Err(e)) => Err(self.write_error(e)),
+            Ok(Err(e)) => Err(Error::Raft(format!("{what}: {e}"))),
+            Ok(Ok(Ok(resp))) => Ok(resp.log_id.index),
+            Ok(Ok(Err(e))) => Err(self.write_error(e)),
         }
     }
 
@@ -515,14 +520,18 @@ impl Store {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.change_membership(change, &format!("removing {name}"))
+        let membership_index = self
+            .change_membership(change, &format!("removing {name}"))
             .await?;
         log::info!("remove: {node} removed");
         if id != self.id {
             let net = self.net.clone();
             tokio::spawn(async move {
                 for _ in 0..5 {
-                    let req = PeerRequest::Removed { node_id: id };
+                    let req = PeerRequest::Removed {
+                        node_id: id,
+                        membership_index,
+                    };
                     if net
                         .call(&node.raft_addr, &req, Duration::from_secs(2))
                         .await

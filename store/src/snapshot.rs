@@ -5,8 +5,10 @@
 //! renamed into place. The same file is what openraft streams to a follower, and what a
 //! follower installs, so memory stays bounded however large the data grows.
 //!
-//! Layout: `MAGIC | u32 meta_len | meta (JSON) | records | END | u64 count`, where a record
-//! is `u32 key_len | key | u32 value_len | value` (lengths big-endian).
+//! Layout: `MAGIC | u32 meta_len | meta (JSON) | records | END | u64 count | u32 crc`,
+//! where a record is `u32 key_len | key | u32 value_len | value` (lengths big-endian) and
+//! `crc` is the CRC-32 of all record bytes. [`verify`] checks a whole file before anything
+//! is replaced with it.
 
 use std::fs;
 use std::fs::File;
@@ -27,7 +29,9 @@ use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 
-const MAGIC: &[u8; 10] = b"HRAFTSNAP1";
+const MAGIC: &[u8; 10] = b"HRAFTSNAP2";
+/// Upper bound for one key or value, so a corrupt length cannot ask for gigabytes.
+const MAX_FIELD: u32 = 256 << 20;
 const END: u32 = u32::MAX;
 pub(crate) const SUFFIX: &str = "snap";
 
@@ -53,9 +57,13 @@ pub(crate) fn read_applied(
     Ok((applied, membership))
 }
 
-/// Builds a snapshot file in `dir` from a point-in-time view of `db`. Blocking.
-pub(crate) fn build(db: &DB, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> {
-    let snap = db.snapshot();
+/// Writes a snapshot file into `dir` from `snap`, a point-in-time view of `db`, under a
+/// temporary name; [`publish`] moves it into place. Blocking.
+pub(crate) fn build(
+    db: &DB,
+    snap: &rocksdb::Snapshot<'_>,
+    dir: &Path,
+) -> io::Result<(SnapshotMeta, PathBuf)> {
     let sm_meta = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
     let data = db.cf_handle(db::CF_DATA).expect("data column family");
     let (last_applied, membership) = read_applied(|k| snap.get_cf(sm_meta, k))?;
@@ -76,20 +84,27 @@ pub(crate) fn build(db: &DB, dir: &Path) -> io::Result<(SnapshotMeta, PathBuf)> 
     let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     write_header(&mut w, &meta)?;
     let mut count: u64 = 0;
+    let mut crc = crc32fast::Hasher::new();
     for item in snap.iterator_cf(data, rocksdb::IteratorMode::Start) {
         let (k, v) = item.map_err(io::Error::other)?;
-        write_record(&mut w, &k, &v)?;
+        write_record(&mut w, &mut crc, &k, &v)?;
         count += 1;
     }
     w.write_all(&END.to_be_bytes())?;
     w.write_all(&count.to_be_bytes())?;
+    w.write_all(&crc.finalize().to_be_bytes())?;
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    drop(f);
-    let path = final_path(dir, &meta);
-    fs::rename(&tmp, &path)?;
+    Ok((meta, tmp))
+}
+
+/// Renames a complete, fsynced file into place as the snapshot `meta` and syncs the
+/// directory. Returns the final path.
+pub(crate) fn publish(tmp: &Path, dir: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+    let path = final_path(dir, meta);
+    fs::rename(tmp, &path)?;
     sync_dir(dir)?;
-    Ok((meta, path))
+    Ok(path)
 }
 
 pub(crate) fn final_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -103,11 +118,20 @@ fn write_header(w: &mut impl Write, meta: &SnapshotMeta) -> io::Result<()> {
     w.write_all(&meta)
 }
 
-fn write_record(w: &mut impl Write, k: &[u8], v: &[u8]) -> io::Result<()> {
-    w.write_all(&(k.len() as u32).to_be_bytes())?;
-    w.write_all(k)?;
-    w.write_all(&(v.len() as u32).to_be_bytes())?;
-    w.write_all(v)
+fn write_record(
+    w: &mut impl Write,
+    crc: &mut crc32fast::Hasher,
+    k: &[u8],
+    v: &[u8],
+) -> io::Result<()> {
+    for field in [k, v] {
+        let len = (field.len() as u32).to_be_bytes();
+        crc.update(&len);
+        crc.update(field);
+        w.write_all(&len)?;
+        w.write_all(field)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -119,6 +143,7 @@ pub(crate) struct Reader {
     r: BufReader<File>,
     pub(crate) meta: SnapshotMeta,
     seen: u64,
+    crc: crc32fast::Hasher,
 }
 
 impl Reader {
@@ -132,36 +157,104 @@ impl Reader {
                 path.display()
             )));
         }
-        let len = read_u32(&mut r)? as usize;
-        let mut meta = vec![0u8; len];
+        let len = read_u32(&mut r)?;
+        if len > MAX_FIELD {
+            return Err(invalid(format!("{}: corrupt header", path.display())));
+        }
+        let mut meta = vec![0u8; len as usize];
         r.read_exact(&mut meta)?;
         let meta: SnapshotMeta = serde_json::from_slice(&meta)?;
-        Ok(Reader { r, meta, seen: 0 })
+        Ok(Reader {
+            r,
+            meta,
+            seen: 0,
+            crc: crc32fast::Hasher::new(),
+        })
     }
 
-    /// The next record, or `None` after the trailer (whose count is checked).
-    pub(crate) fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    /// Reads one length-prefixed field into `buf` (or, with `None`, only checksums it).
+    fn field(&mut self, len: u32, buf: Option<&mut Vec<u8>>) -> io::Result<()> {
+        if len > MAX_FIELD {
+            return Err(invalid(format!("snapshot field of {len} bytes is corrupt")));
+        }
+        self.crc.update(&len.to_be_bytes());
+        match buf {
+            Some(buf) => {
+                buf.resize(len as usize, 0);
+                self.r.read_exact(buf)?;
+                self.crc.update(buf);
+            }
+            None => {
+                let mut sink = CrcSink(&mut self.crc);
+                let n = io::copy(&mut (&mut self.r).take(u64::from(len)), &mut sink)?;
+                if n != u64::from(len) {
+                    return Err(invalid("snapshot file is truncated"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next record (into `kv` when given); `false` after a valid trailer.
+    fn advance(&mut self, kv: Option<(&mut Vec<u8>, &mut Vec<u8>)>) -> io::Result<bool> {
         let klen = read_u32(&mut self.r)?;
         if klen == END {
             let mut c = [0u8; 8];
             self.r.read_exact(&mut c)?;
             let count = u64::from_be_bytes(c);
+            let crc = read_u32(&mut self.r)?;
             if count != self.seen {
                 return Err(invalid(format!(
                     "snapshot trailer says {count} records, read {}",
                     self.seen
                 )));
             }
-            return Ok(None);
+            if crc != self.crc.clone().finalize() {
+                return Err(invalid("snapshot checksum mismatch"));
+            }
+            return Ok(false);
         }
-        let mut k = vec![0u8; klen as usize];
-        self.r.read_exact(&mut k)?;
-        let vlen = read_u32(&mut self.r)? as usize;
-        let mut v = vec![0u8; vlen];
-        self.r.read_exact(&mut v)?;
+        match kv {
+            Some((k, v)) => {
+                self.field(klen, Some(k))?;
+                let vlen = read_u32(&mut self.r)?;
+                self.field(vlen, Some(v))?;
+            }
+            None => {
+                self.field(klen, None)?;
+                let vlen = read_u32(&mut self.r)?;
+                self.field(vlen, None)?;
+            }
+        }
         self.seen += 1;
-        Ok(Some((k, v)))
+        Ok(true)
     }
+
+    /// The next record, or `None` after the trailer (whose count and checksum are checked).
+    pub(crate) fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        Ok(self.advance(Some((&mut k, &mut v)))?.then_some((k, v)))
+    }
+}
+
+struct CrcSink<'a>(&'a mut crc32fast::Hasher);
+
+impl Write for CrcSink<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a whole snapshot file, checking its structure, count and checksum, without
+/// holding more than a buffer in memory. Returns its metadata.
+pub(crate) fn verify(path: &Path) -> io::Result<SnapshotMeta> {
+    let mut r = Reader::open(path)?;
+    while r.advance(None)? {}
+    Ok(r.meta)
 }
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {
@@ -170,46 +263,100 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
-/// Finds the newest complete snapshot in `dir` and deletes every other file there
-/// (older snapshots, half-built or half-received ones).
-pub(crate) fn newest_and_cleanup(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+/// Deletes a file, treating "already gone" as success.
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps only the newest snapshot (by last log id) in `dir` and returns it. With
+/// `all_files`, also deletes anything else there (half-built or half-received files):
+/// only safe when nothing is being built or received, i.e. at start-up.
+/// Callers hold the snapshot directory lock.
+pub(crate) fn retain_newest(
+    dir: &Path,
+    all_files: bool,
+) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
     let mut best: Option<(SnapshotMeta, PathBuf)> = None;
     let mut others = Vec::new();
     for ent in fs::read_dir(dir)? {
         let path = ent?.path();
         let is_snap = path.extension().and_then(|e| e.to_str()) == Some(SUFFIX);
-        let meta = if is_snap {
-            Reader::open(&path).ok().map(|r| r.meta)
-        } else {
-            None
-        };
-        match meta {
-            Some(m)
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, _)| m.last_log_id > b.last_log_id) =>
-            {
-                if let Some((_, old)) = best.replace((m, path)) {
-                    others.push(old);
+        if !is_snap {
+            if all_files {
+                others.push(path);
+            }
+            continue;
+        }
+        match Reader::open(&path).map(|r| r.meta) {
+            Ok(m) => {
+                let newer = best.as_ref().is_none_or(|(b, _)| {
+                    (&m.last_log_id, &m.snapshot_id) > (&b.last_log_id, &b.snapshot_id)
+                });
+                if newer {
+                    if let Some((_, old)) = best.replace((m, path)) {
+                        others.push(old);
+                    }
+                } else {
+                    others.push(path);
                 }
             }
-            _ => others.push(path),
+            Err(_) => others.push(path),
         }
     }
     for p in others {
-        let _ = fs::remove_file(p);
+        remove(&p)?;
     }
     Ok(best)
 }
 
-/// Deletes every snapshot file in `dir` except `keep`.
-pub(crate) fn remove_except(dir: &Path, keep: &Path) -> io::Result<()> {
-    for ent in fs::read_dir(dir)? {
-        let path = ent?.path();
-        let done = path.extension().and_then(|e| e.to_str()) == Some(SUFFIX);
-        if done && path != keep {
-            fs::remove_file(path)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_file(dir: &Path, records: &[(&[u8], &[u8])]) -> PathBuf {
+        let meta = SnapshotMeta::default();
+        let path = dir.join("t.snap");
+        let mut w = File::create(&path).unwrap();
+        write_header(&mut w, &meta).unwrap();
+        let mut crc = crc32fast::Hasher::new();
+        for (k, v) in records {
+            write_record(&mut w, &mut crc, k, v).unwrap();
         }
+        w.write_all(&END.to_be_bytes()).unwrap();
+        w.write_all(&(records.len() as u64).to_be_bytes()).unwrap();
+        w.write_all(&crc.finalize().to_be_bytes()).unwrap();
+        path
     }
-    Ok(())
+
+    #[test]
+    fn round_trip_and_corruption_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), &[(b"a", b"1"), (b"b/c", b"")]);
+        verify(&path).expect("valid file verifies");
+        let mut r = Reader::open(&path).unwrap();
+        assert_eq!(
+            r.next_record().unwrap(),
+            Some((b"a".to_vec(), b"1".to_vec()))
+        );
+        assert_eq!(r.next_record().unwrap(), Some((b"b/c".to_vec(), vec![])));
+        assert_eq!(r.next_record().unwrap(), None);
+
+        // Flip one byte of a value: the checksum catches it.
+        let mut bytes = fs::read(&path).unwrap();
+        // From the end: crc 4, count 8, END 4, then record (b"b/c", "") 4+3+4, then "1".
+        let at = bytes.len() - 4 - 8 - 4 - (4 + 3 + 4) - 1;
+        assert_eq!(bytes[at], b'1');
+        bytes[at] = b'2';
+        fs::write(&path, &bytes).unwrap();
+        assert!(verify(&path).is_err());
+
+        // A truncated file fails too.
+        let path = write_file(dir.path(), &[(b"a", b"1")]);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(verify(&path).is_err());
+    }
 }

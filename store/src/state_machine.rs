@@ -2,15 +2,16 @@
 //! `last_applied` and membership, always changed together in one atomic write batch.
 //!
 //! Data lives only in RocksDB (never in an in-memory map). Readers go straight to RocksDB
-//! through [`StateReader`]; the `install` lock keeps them from seeing a half-installed
-//! snapshot.
+//! through [`StateReader`]; the `install` lock keeps them (and snapshot builds) from seeing
+//! a half-installed snapshot. Everything that renames, picks or deletes snapshot files holds
+//! the `files` lock, because openraft builds snapshots concurrently with installing and
+//! serving them.
 
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::RwLock;
 
 use openraft::storage::RaftStateMachine;
 use openraft::storage::Snapshot;
@@ -45,19 +46,29 @@ const DATA_START: &[u8] = b"";
 /// How many bytes of records an install writes per batch, to keep memory bounded.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
+/// Held for writing while a snapshot replaces the data, so that reads and snapshot builds
+/// never see a mix of the old and new state. An async lock: readers wait without blocking
+/// a runtime thread.
+type InstallLock = Arc<tokio::sync::RwLock<()>>;
+
+/// Serializes renaming, choosing and deleting snapshot files.
+type FilesLock = Arc<Mutex<()>>;
+
+fn lock_files(l: &FilesLock) -> std::sync::MutexGuard<'_, ()> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Read access to the applied state, shared by the HTTP read path.
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<DB>,
-    /// Held for writing while a snapshot replaces the data, so reads never see a mix of the
-    /// old and new state.
-    install: Arc<RwLock<()>>,
+    install: InstallLock,
 }
 
 impl StateReader {
     /// The value of `key` in the locally applied state.
-    pub fn get(&self, key: &str) -> crate::Result<Option<String>> {
-        let _guard = self.install.read().unwrap_or_else(|e| e.into_inner());
+    pub async fn get(&self, key: &str) -> crate::Result<Option<String>> {
+        let _guard = self.install.read().await;
         let cf = self.db.cf_handle(db::CF_DATA).expect("data column family");
         match self.db.get_pinned_cf(cf, key.as_bytes())? {
             None => Ok(None),
@@ -71,6 +82,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     reader: StateReader,
     snapshot_dir: PathBuf,
+    files: FilesLock,
     /// The file the current snapshot transfer is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
 }
@@ -90,10 +102,11 @@ impl StateMachine {
         let sm = StateMachine {
             reader: StateReader {
                 db: db.clone(),
-                install: Arc::new(RwLock::new(())),
+                install: Arc::new(tokio::sync::RwLock::new(())),
             },
             db,
             snapshot_dir,
+            files: Arc::new(Mutex::new(())),
             receiving: Arc::new(Mutex::new(None)),
         };
         let cf = sm
@@ -110,31 +123,12 @@ impl StateMachine {
             );
             install_file(&sm.db, &path)?;
         }
-        snapshot::newest_and_cleanup(&sm.snapshot_dir)?;
+        snapshot::retain_newest(&sm.snapshot_dir, true)?;
         Ok(sm)
     }
 
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
-    }
-
-    fn current_snapshot_path(&self) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
-        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
-        for ent in std::fs::read_dir(&self.snapshot_dir)? {
-            let path = ent?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(snapshot::SUFFIX) {
-                continue;
-            }
-            if let Ok(r) = snapshot::Reader::open(&path) {
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, _)| r.meta.last_log_id > b.last_log_id)
-                {
-                    best = Some((r.meta, path));
-                }
-            }
-        }
-        Ok(best)
     }
 }
 
@@ -144,6 +138,8 @@ impl StateMachine {
 /// bounded batches; the last batch sets `last_applied` and membership and drops the marker,
 /// fsynced. A crash in between leaves the marker, and [`StateMachine::open`] re-runs this.
 fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
+    // Check the whole file before the first destructive write.
+    snapshot::verify(path)?;
     let mut r = snapshot::Reader::open(path)?;
     let data = db.cf_handle(db::CF_DATA).expect("data column family");
     let meta_cf = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
@@ -195,16 +191,30 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    install: InstallLock,
+    files: FilesLock,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || {
-            let (meta, path) = snapshot::build(&db, &dir)?;
-            snapshot::remove_except(&dir, &path)?;
-            Ok::<_, io::Error>((meta, path))
+        let (install, files) = (self.install.clone(), self.files.clone());
+        let (meta, file) = tokio::task::spawn_blocking(move || {
+            // Never image a half-installed state.
+            let snap = {
+                let _guard = install.blocking_read();
+                db.snapshot()
+            };
+            let (meta, tmp) = snapshot::build(&db, &snap, &dir)?;
+            drop(snap);
+            let _files = lock_files(&files);
+            let path = snapshot::publish(&tmp, &dir, &meta)?;
+            // Opened before pruning: even if a newer snapshot was installed meanwhile and
+            // this one is deleted, the open file stays readable.
+            let file = std::fs::File::open(&path)?;
+            snapshot::retain_newest(&dir, false)?;
+            Ok::<_, io::Error>((meta, file))
         })
         .await
         .map_err(|e| snap_err(None, io::Error::other(e)))?
@@ -214,12 +224,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta.snapshot_id,
             meta.last_log_id
         );
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(Some(&meta), e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -282,6 +289,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            install: self.reader.install.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -355,22 +364,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
-        let lock = self.reader.install.clone();
+        let (install, files) = (self.reader.install.clone(), self.files.clone());
         let want = meta.clone();
         tokio::task::spawn_blocking(move || {
-            let got = snapshot::Reader::open(&incoming)?.meta;
+            let got = snapshot::verify(&incoming)?;
             if got.snapshot_id != want.snapshot_id || got.last_log_id != want.last_log_id {
                 return Err(io::Error::other(format!(
                     "received snapshot {} does not match {}",
                     got.snapshot_id, want.snapshot_id
                 )));
             }
-            let path = snapshot::final_path(&dir, &want);
-            std::fs::rename(&incoming, &path)?;
-            snapshot::sync_dir(&dir)?;
-            let _guard = lock.write().unwrap_or_else(|e| e.into_inner());
-            install_file(&db, &path)?;
-            snapshot::remove_except(&dir, &path)?;
+            let path = {
+                let _files = lock_files(&files);
+                snapshot::publish(&incoming, &dir, &want)?
+            };
+            {
+                let _guard = install.blocking_write();
+                install_file(&db, &path)?;
+            }
+            let _files = lock_files(&files);
+            snapshot::retain_newest(&dir, false)?;
             Ok(())
         })
         .await
@@ -385,18 +398,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, path)) = self
-            .current_snapshot_path()
-            .map_err(|e| snap_err(None, e))?
-        else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(Some(&meta), e))?;
-        Ok(Some(Snapshot {
+        let dir = self.snapshot_dir.clone();
+        let files = self.files.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let _files = lock_files(&files);
+            match snapshot::retain_newest(&dir, false)? {
+                None => Ok(None),
+                Some((meta, path)) => Ok::<_, io::Error>(Some((meta, std::fs::File::open(path)?))),
+            }
+        })
+        .await
+        .map_err(|e| snap_err(None, io::Error::other(e)))?
+        .map_err(|e| snap_err(None, e))?;
+        Ok(found.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
