@@ -149,3 +149,16 @@ async fn same_id_with_new_addresses_replaces_the_member() {
     assert_eq!(m["raft_addr"], raft.as_str(), "{s}");
     c.must_see(moved, "k", "v").await;
 }
+
+#[tokio::test]
+async fn join_catches_up_when_log_batches_are_large() {
+    // 24 values of 600 KB: a full batch of entries is far beyond what one append RPC may
+    // carry, so the leader has to split it.
+    let mut c = TestCluster::start(1, &["-body-limit", "2000000"]).await;
+    let big = "x".repeat(600_000);
+    for i in 0..24 {
+        c.must_put(0, &format!("big{i}"), &big).await;
+    }
+    let j = c.must_join_new_node().await;
+    c.must_see(j, "big23", &big).await;
+}
