@@ -19,7 +19,7 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let mut writers = Vec::new();
-    for w in 0..4 {
+    for w in 0..8 {
         let (client, url, acked, stop) =
             (c.client.clone(), url.clone(), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
@@ -44,11 +44,11 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
     }
     // Let the writers get some writes acknowledged, then kill everything mid-stream.
     common::wait_for(
-        "writers to get 200 writes acknowledged",
+        "writers to get 500 writes acknowledged",
         Duration::from_secs(60),
         || {
             let n = acked.lock().unwrap().len();
-            async move { (n >= 200).then_some(()) }
+            async move { (n >= 500).then_some(()) }
         },
     )
     .await;

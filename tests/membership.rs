@@ -6,8 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::TestCluster;
-use reqwest::Method;
-use reqwest::StatusCode;
 
 #[tokio::test]
 async fn node_joining_after_log_purge_gets_a_snapshot() {
@@ -50,21 +48,8 @@ async fn removed_node_exits_and_cluster_goes_on() {
     let leader = c.must_leader().await;
     let victim = (leader + 1) % 3;
     let name = c.nodes[victim].name.clone();
-    let (st, _, v) = c
-        .raw(
-            leader,
-            Method::POST,
-            "/remove",
-            &format!(r#"{{"id":"{name}"}}"#),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let exit = c.must_exit(victim, Duration::from_secs(30)).await;
-    assert!(
-        exit.success(),
-        "a removed node exits cleanly, got {exit}\n{}",
-        c.nodes[victim].log_tail()
-    );
+    c.must_remove(leader, &name).await;
+    c.must_exit_cleanly(victim, Duration::from_secs(30)).await;
     let s = c.status(leader).await.unwrap();
     assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
     c.must_put(leader, "after-remove", "ok").await;
@@ -77,21 +62,8 @@ async fn removing_the_leader_moves_leadership() {
     let mut c = TestCluster::start(3, &[]).await;
     let leader = c.must_leader().await;
     let name = c.nodes[leader].name.clone();
-    let (st, _, v) = c
-        .raw(
-            leader,
-            Method::POST,
-            "/remove",
-            &format!(r#"{{"id":"{name}"}}"#),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let exit = c.must_exit(leader, Duration::from_secs(30)).await;
-    assert!(
-        exit.success(),
-        "the removed leader exits cleanly, got {exit}\n{}",
-        c.nodes[leader].log_tail()
-    );
+    c.must_remove(leader, &name).await;
+    c.must_exit_cleanly(leader, Duration::from_secs(30)).await;
     let new = c.must_leader().await;
     assert_ne!(new, leader);
     c.must_put(new, "k", "v").await;

@@ -25,8 +25,17 @@ struct RemoveRequest {
     id: String,
 }
 
-fn parse<T: for<'a> Deserialize<'a>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+/// Reads and parses a JSON request body within the body limit.
+async fn json_body<T: for<'a> Deserialize<'a>>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    settings: &Settings,
+) -> Result<T, Rejection> {
+    let body = read_body(req, payload, settings.body_limit)
+        .await
+        .map_err(|e| e.at(req))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")).at(req))
 }
 
 /// `POST /join`: answers once the node is a voter.
@@ -36,10 +45,7 @@ pub(crate) async fn join<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, Rejection> {
-    let body = read_body(&req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(&req))?;
-    let j: JoinRequest = parse(&body).map_err(|e| e.at(&req))?;
+    let j: JoinRequest = json_body(&req, payload, &settings).await?;
     if j.id.is_empty() || j.addr.is_empty() || j.http_addr.is_empty() {
         return Err(
             ApiError::BadRequest("id, addr and http_addr must be non-empty".into()).at(&req),
@@ -57,10 +63,7 @@ pub(crate) async fn remove<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, Rejection> {
-    let body = read_body(&req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(&req))?;
-    let r: RemoveRequest = parse(&body).map_err(|e| e.at(&req))?;
+    let r: RemoveRequest = json_body(&req, payload, &settings).await?;
     if r.id.is_empty() {
         return Err(ApiError::BadRequest("id must be non-empty".into()).at(&req));
     }

@@ -232,6 +232,23 @@ impl TestCluster {
         st
     }
 
+    /// POST /remove {"id": name} on node `via`; panics unless 200.
+    pub async fn must_remove(&self, via: usize, name: &str) {
+        let body = serde_json::json!({ "id": name }).to_string();
+        let (st, _, v) = self.raw(via, reqwest::Method::POST, "/remove", &body).await;
+        assert_eq!(st, StatusCode::OK, "removing {name} via node{via}: {v}");
+    }
+
+    /// Waits for node `i` to exit by itself and checks it exited with status 0.
+    pub async fn must_exit_cleanly(&mut self, i: usize, deadline: Duration) {
+        let st = self.must_exit(i, deadline).await;
+        assert!(
+            st.success(),
+            "node{i} should exit cleanly, got {st}\n{}",
+            self.nodes[i].log_tail()
+        );
+    }
+
     /// `/status` of node `i`, or `None` if it does not answer.
     pub async fn status(&self, i: usize) -> Option<Value> {
         let r = self
