@@ -120,7 +120,9 @@ impl LogStore {
 
     /// The committed log id openraft last saved, read at start-up.
     pub(crate) fn saved_committed(&self) -> Option<LogId> {
-        self.get_meta(KEY_COMMITTED).ok().flatten()
+        // Stored as `Option<LogId>` (what openraft hands to `save_committed`).
+        let saved: Option<Option<LogId>> = self.get_meta(KEY_COMMITTED).ok().flatten();
+        saved.flatten()
     }
 }
 
@@ -284,6 +286,18 @@ mod tests {
             log_id: log_id(1, 0, index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    /// The committed log id survives a reopen and reads back as saved (it is stored as an
+    /// `Option<LogId>`; reading it as a bare `LogId` once produced garbage indexes).
+    #[tokio::test]
+    async fn committed_index_round_trips() {
+        let td = tempfile::tempdir().unwrap();
+        let db = db::open(&td.path().join("raft")).unwrap();
+        let mut log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        log.save_committed(Some(log_id(3, 7, 42))).await.unwrap();
+        assert_eq!(log.saved_committed(), Some(log_id(3, 7, 42)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3, 7, 42)));
     }
 
     /// A purge beyond what the state machine has applied is deferred, so a crash can never

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +35,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
 
 use crate::types::decode;
@@ -101,14 +104,54 @@ pub(crate) enum CallError {
 }
 
 /// Connection pool shared by all clients of this node. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     /// Idle connections by peer address; a call takes one out and puts it back on success,
     /// so concurrent calls to one peer use separate connections.
     idle: Arc<Mutex<HashMap<String, Vec<TcpStream>>>>,
+    /// The address outgoing peer connections are made from (this node's advertised IP),
+    /// so that peer traffic is attributable to a node, e.g. by firewall rules.
+    local_ip: Option<IpAddr>,
 }
 
 impl Network {
+    /// A pool whose connections originate from `local_ip` when given.
+    pub fn new(local_ip: Option<IpAddr>) -> Self {
+        Network {
+            idle: Arc::default(),
+            local_ip,
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> io::Result<TcpStream> {
+        let Some(ip) = self.local_ip else {
+            return TcpStream::connect(addr).await;
+        };
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to nothing"),
+        );
+        for target in tokio::net::lookup_host(addr).await? {
+            if target.is_ipv4() != ip.is_ipv4() {
+                continue;
+            }
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
+                log::debug!("binding peer connection to {ip}: {e}; connecting unbound");
+                return TcpStream::connect(addr).await;
+            }
+            match socket.connect(target).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn take_idle(&self, addr: &str) -> Option<TcpStream> {
         self.idle
             .lock()
@@ -146,7 +189,7 @@ impl Network {
         }
         let s = tokio::time::timeout_at(
             deadline.min(tokio::time::Instant::now() + CONNECT_TIMEOUT),
-            TcpStream::connect(addr),
+            self.connect(addr),
         )
         .await
         .map_err(|_| {

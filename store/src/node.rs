@@ -208,7 +208,17 @@ impl Store {
             raft_addr: opts.raft_addr.clone(),
             http_addr: opts.http_addr.clone(),
         };
-        let net = Network::default();
+        // Peer connections leave from our advertised IP when it is a concrete address.
+        let local_ip = opts
+            .raft_addr
+            .rsplit_once(':')
+            .and_then(|(h, _)| {
+                h.trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+            })
+            .filter(|ip| !ip.is_unspecified());
+        let net = Network::new(local_ip);
         let raft = Raft::new(id, Arc::new(config), net.clone(), log_store, sm)
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;

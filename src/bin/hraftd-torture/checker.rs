@@ -1,0 +1,311 @@
+//! A linearizability checker for a key-value register history (Wing & Gong's search with
+//! Lowe's memoization), applied per key: a history is linearizable iff each key's
+//! sub-history is (P-compositionality), so keys are checked one at a time.
+//!
+//! Model: each key is a register holding a value or nothing. `Write(v)` sets it, `Delete`
+//! clears it, `Read` must observe the current value. Ops that failed definitely are
+//! dropped; indeterminate (`info`) writes may or may not have taken effect at any point
+//! after their invocation, so they never return and the search may leave them out;
+//! indeterminate reads say nothing and are dropped.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    Write(String),
+    Delete,
+    /// A read; `Some(v)` once it completed: the value seen, or `None` for "not found".
+    Read(Option<Option<String>>),
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Completed; its effect (and, for reads, its result) is known.
+    Ok,
+    /// Definitely had no effect.
+    Fail,
+    /// Unknown: it may or may not have taken effect (timeout, lost connection, 5xx).
+    Info,
+}
+
+/// One operation of the history. Times are nanoseconds on one monotonic clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub client: usize,
+    pub key: String,
+    pub kind: OpKind,
+    pub invoke: u64,
+    pub complete: u64,
+    pub outcome: Outcome,
+}
+
+/// The verdict for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// The search gave up after exploring too many states.
+    Unknown,
+}
+
+/// States explored per key before giving up.
+const MAX_STATES: usize = 2_000_000;
+
+struct Search<'a> {
+    ops: Vec<&'a Op>,
+    /// Completion time used for ordering; `u64::MAX` for ops that may never have happened.
+    ends: Vec<u64>,
+    values: HashMap<Option<&'a str>, u32>,
+    seen: HashSet<(Vec<u64>, u32)>,
+    explored: usize,
+}
+
+impl<'a> Search<'a> {
+    fn intern(&mut self, v: Option<&'a str>) -> u32 {
+        let n = self.values.len() as u32;
+        *self.values.entry(v).or_insert(n)
+    }
+
+    /// The register value after applying op `i` to `state`, or `None` if a read of op `i`
+    /// cannot observe `state`.
+    fn step(&mut self, i: usize, state: u32) -> Option<u32> {
+        let op = self.ops[i];
+        match &op.kind {
+            OpKind::Write(v) => Some(self.intern(Some(v.as_str()))),
+            OpKind::Delete => Some(self.intern(None)),
+            OpKind::Read(Some(seen)) => (self.intern(seen.as_deref()) == state).then_some(state),
+            OpKind::Read(None) => Some(state),
+        }
+    }
+
+    /// Depth-first search for a linearization of the ops not yet in `done`.
+    fn dfs(&mut self, done: &mut Vec<u64>, state: u32) -> Option<bool> {
+        self.explored += 1;
+        if self.explored > MAX_STATES {
+            return None;
+        }
+        let is_done = |done: &Vec<u64>, i: usize| done[i / 64] & (1 << (i % 64)) != 0;
+        // The earliest completion among ops that must still be linearized: every op
+        // invoked after it must come later.
+        let deadline = (0..self.ops.len())
+            .filter(|&i| !is_done(done, i) && self.ends[i] != u64::MAX)
+            .map(|i| self.ends[i])
+            .min();
+        let Some(deadline) = deadline else {
+            return Some(true);
+        };
+        for i in 0..self.ops.len() {
+            if self.ops[i].invoke > deadline {
+                break;
+            }
+            if is_done(done, i) {
+                continue;
+            }
+            let Some(next) = self.step(i, state) else {
+                continue;
+            };
+            done[i / 64] |= 1 << (i % 64);
+            if self.seen.insert((done.clone(), next)) {
+                match self.dfs(done, next) {
+                    Some(true) => return Some(true),
+                    None => return None,
+                    Some(false) => {}
+                }
+            }
+            done[i / 64] &= !(1 << (i % 64));
+        }
+        Some(false)
+    }
+}
+
+/// Checks one key's history. The register starts empty.
+pub fn check_key(history: &[Op]) -> Verdict {
+    let mut ops: Vec<&Op> = history
+        .iter()
+        .filter(|op| match op.outcome {
+            Outcome::Ok => true,
+            Outcome::Fail => false,
+            Outcome::Info => !matches!(op.kind, OpKind::Read(_)),
+        })
+        .collect();
+    ops.sort_by_key(|op| op.invoke);
+    let ends = ops
+        .iter()
+        .map(|op| {
+            if op.outcome == Outcome::Info {
+                u64::MAX
+            } else {
+                op.complete
+            }
+        })
+        .collect();
+    let words = ops.len().div_ceil(64).max(1);
+    let mut search = Search {
+        ops,
+        ends,
+        values: HashMap::new(),
+        seen: HashSet::new(),
+        explored: 0,
+    };
+    let empty = search.intern(None);
+    match search.dfs(&mut vec![0; words], empty) {
+        Some(true) => Verdict::Linearizable,
+        Some(false) => Verdict::NotLinearizable,
+        None => Verdict::Unknown,
+    }
+}
+
+/// Groups a history by key.
+pub fn by_key(history: &[Op]) -> HashMap<String, Vec<Op>> {
+    let mut out: HashMap<String, Vec<Op>> = HashMap::new();
+    for op in history {
+        out.entry(op.key.clone()).or_default().push(op.clone());
+    }
+    out
+}
+
+/// A readable rendering of one key's history, in invocation order.
+pub fn render(history: &[Op]) -> String {
+    let mut ops: Vec<&Op> = history.iter().collect();
+    ops.sort_by_key(|op| op.invoke);
+    let mut out = String::from("# invoke_ms complete_ms client outcome op\n");
+    for op in ops {
+        let what = match &op.kind {
+            OpKind::Write(v) => format!("write {v:?}"),
+            OpKind::Delete => "delete".to_string(),
+            OpKind::Read(Some(Some(v))) => format!("read -> {v:?}"),
+            OpKind::Read(Some(None)) => "read -> not found".to_string(),
+            OpKind::Read(None) => "read -> ?".to_string(),
+        };
+        let complete = if op.outcome == Outcome::Info {
+            "?".to_string()
+        } else {
+            format!("{:.3}", op.complete as f64 / 1e6)
+        };
+        out.push_str(&format!(
+            "{:.3} {} c{} {:?} {}\n",
+            op.invoke as f64 / 1e6,
+            complete,
+            op.client,
+            op.outcome,
+            what
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(client: usize, kind: OpKind, invoke: u64, complete: u64, outcome: Outcome) -> Op {
+        Op {
+            client,
+            key: "k".into(),
+            kind,
+            invoke,
+            complete,
+            outcome,
+        }
+    }
+    fn w(c: usize, v: &str, i: u64, e: u64) -> Op {
+        op(c, OpKind::Write(v.into()), i, e, Outcome::Ok)
+    }
+    fn r(c: usize, v: Option<&str>, i: u64, e: u64) -> Op {
+        op(
+            c,
+            OpKind::Read(Some(v.map(String::from))),
+            i,
+            e,
+            Outcome::Ok,
+        )
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = [
+            r(0, None, 0, 1),
+            w(0, "a", 2, 3),
+            r(1, Some("a"), 4, 5),
+            op(0, OpKind::Delete, 6, 7, Outcome::Ok),
+            r(1, None, 8, 9),
+        ];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn concurrent_read_may_see_either_value() {
+        for seen in [Some("a"), Some("b")] {
+            let h = [w(0, "a", 0, 1), w(1, "b", 2, 6), r(2, seen, 3, 5)];
+            assert_eq!(check_key(&h), Verdict::Linearizable, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn stale_read_after_a_completed_write_is_caught() {
+        let h = [w(0, "a", 0, 1), w(0, "b", 2, 3), r(1, Some("a"), 4, 5)];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn reading_a_value_never_written_is_caught() {
+        let h = [w(0, "a", 0, 1), r(1, Some("z"), 2, 3)];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn reads_must_not_go_back_in_time() {
+        // "b" is overwritten by "a"? No: a then b concurrently, then two sequential reads
+        // that see b and then a: impossible, since a cannot be written after b was seen.
+        let h = [
+            w(0, "a", 0, 10),
+            w(1, "b", 0, 10),
+            r(2, Some("b"), 11, 12),
+            r(2, Some("a"), 13, 14),
+        ];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn indeterminate_writes_may_or_may_not_happen() {
+        let info = |v: &str, i| op(0, OpKind::Write(v.into()), i, 0, Outcome::Info);
+        // It happened (seen later)...
+        let h = [w(1, "a", 0, 1), info("b", 2), r(2, Some("b"), 10, 11)];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+        // ...or it did not.
+        let h = [w(1, "a", 0, 1), info("b", 2), r(2, Some("a"), 10, 11)];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+        // But it cannot take effect before it was invoked.
+        let h = [w(1, "a", 0, 1), r(2, Some("b"), 2, 3), info("b", 5)];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn failed_ops_are_ignored_and_lost_writes_are_caught() {
+        let failed = op(0, OpKind::Write("x".into()), 2, 3, Outcome::Fail);
+        let h = [w(1, "a", 0, 1), failed, r(2, Some("a"), 4, 5)];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+        // An acknowledged write that a later read does not see is lost.
+        let h = [w(1, "a", 0, 1), r(2, None, 4, 5)];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
+    #[test]
+    fn many_concurrent_ops_finish_quickly() {
+        // 10 clients, 40 rounds of overlapping writes and reads of the latest round.
+        let mut h = Vec::new();
+        for round in 0..40u64 {
+            let t = round * 100;
+            for c in 0..5 {
+                h.push(w(c, &format!("v{round}-{c}"), t, t + 50));
+            }
+            for c in 5..10 {
+                h.push(r(c, Some(&format!("v{round}-4")), t + 60, t + 70));
+            }
+        }
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+    }
+}
