@@ -52,7 +52,21 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    // On SIGINT/SIGTERM the run is dropped, and with it the cluster and firewall guards:
+    // processes are killed and the network healed.
+    let interrupted = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let result = tokio::select! {
+        r = run(args) => r,
+        _ = interrupted => Err("interrupted; cluster stopped and network healed".to_string()),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -45,7 +45,7 @@ fn secs(rng: &mut StdRng, lo: f64, hi: f64) -> Duration {
 impl<'a> Nemesis<'a> {
     pub fn new(seed: u64, fw: Option<&'a Firewall>) -> Self {
         Nemesis {
-            rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_73),
+            rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             fw,
         }
     }
@@ -71,15 +71,23 @@ impl<'a> Nemesis<'a> {
             let net = self.fw.is_some();
             let choice = self.rng.random_range(0..if net { 8 } else { 4 });
             let at = history.now();
-            let fault = match choice {
+            let mut fault = match choice {
                 0 | 1 => {
-                    let i = leader.unwrap_or_else(|| self.rng.random_range(0..n));
+                    let i = match leader {
+                        Some(l) if choice == 0 => l,
+                        _ => self.rng.random_range(0..n),
+                    };
                     c.kill(i);
                     tokio::time::sleep(secs(&mut self.rng, 1.0, 4.0)).await;
                     let _ = c.start(i, false);
+                    let kind = if leader == Some(i) {
+                        "kill -9 + restart (leader)"
+                    } else {
+                        "kill -9 + restart (follower)"
+                    };
                     Fault {
                         at,
-                        kind: "kill -9 leader",
+                        kind,
                         target: c.nodes[i].name.clone(),
                         leader_fault: leader == Some(i),
                     }
@@ -157,6 +165,7 @@ impl<'a> Nemesis<'a> {
                     }
                 }
             };
+            fault.at = at;
             println!(
                 "torture: {:>7.1}s {} {}",
                 fault.at as f64 / 1e9,
