@@ -58,11 +58,18 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 impl Cluster {
     /// Prepares `n` nodes under `root` (nothing is started yet).
-    pub fn new(bin: PathBuf, root: PathBuf, n: usize, extra: &[&str]) -> Cluster {
+    pub fn new(
+        bin: PathBuf,
+        root: PathBuf,
+        first_ip: std::net::Ipv4Addr,
+        n: usize,
+        extra: &[&str],
+    ) -> Cluster {
+        let [a, b, c, d] = first_ip.octets();
         let nodes = (0..n)
             .map(|i| Node {
                 name: format!("n{i}"),
-                ip: format!("127.0.0.{}", 11 + i),
+                ip: format!("{a}.{b}.{c}.{}", d as usize + i),
                 dir: root.join(format!("n{i}")),
                 log: root.join(format!("n{i}.log")),
                 child: None,

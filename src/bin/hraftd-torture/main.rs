@@ -44,6 +44,9 @@ struct Args {
     /// The hraftd binary. Default: `hraftd` next to this executable.
     #[arg(long)]
     hraftd: Option<PathBuf>,
+    /// Loopback address of the first node; the others follow (.11, .12, .13 by default).
+    #[arg(long, default_value = "127.0.0.11")]
+    first_ip: std::net::Ipv4Addr,
     /// Where to write the report and, on a violation, the offending histories.
     #[arg(long, default_value = "torture-out")]
     out: PathBuf,
@@ -103,7 +106,7 @@ async fn run(args: Args) -> Result<bool, String> {
     );
 
     // 2. Firewall for network faults (root and iptables needed).
-    let firewall = match net::Firewall::new() {
+    let firewall = match net::Firewall::new(args.first_ip) {
         Ok(f) => Some(f),
         Err(e) => {
             println!("torture: iptables is not usable ({e}); network partitions and the negative control are SKIPPED, other faults run");
@@ -119,6 +122,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut cluster = cluster::Cluster::new(
         bin,
         tmp.path().to_path_buf(),
+        args.first_ip,
         args.nodes,
         &["-snapshot-threshold", "400", "-write-timeout", "2"],
     );

@@ -1,12 +1,10 @@
 //! Network faults with iptables: drop peer traffic between nodes' loopback addresses.
 //!
-//! All rules live in one chain of our own, jumped to from OUTPUT, so healing is "flush
+//! All rules live in one chain of our own (per run address range), jumped to from OUTPUT, so healing is "flush
 //! the chain" and cleanup is "unhook and delete it". Client traffic (from 127.0.0.1) is
 //! never touched: only traffic between the nodes' own addresses is.
 
 use std::process::Command;
-
-const CHAIN: &str = "HRAFTD_TORTURE";
 
 fn iptables(args: &[&str]) -> Result<(), String> {
     let out = Command::new("iptables")
@@ -27,31 +25,28 @@ fn iptables(args: &[&str]) -> Result<(), String> {
 
 /// Owns the firewall chain while it exists; removes it on drop.
 pub struct Firewall {
-    active: bool,
+    /// Our chain's name, one per first node address, so concurrent runs on different
+    /// addresses do not touch each other's rules.
+    chain: String,
 }
 
 impl Firewall {
     /// Sets up the chain, or explains why network faults are not possible here.
-    pub fn new() -> Result<Firewall, String> {
+    pub fn new(first_ip: std::net::Ipv4Addr) -> Result<Firewall, String> {
+        let chain = format!("HRAFTD_T_{}", first_ip.to_string().replace('.', "_"));
         // A chain left by a run that was killed: remove it first.
-        let _ = Firewall::teardown();
-        iptables(&["-N", CHAIN])?;
-        if let Err(e) = iptables(&["-I", "OUTPUT", "1", "-j", CHAIN]) {
-            let _ = iptables(&["-X", CHAIN]);
+        let _ = teardown(&chain);
+        iptables(&["-N", &chain])?;
+        if let Err(e) = iptables(&["-I", "OUTPUT", "1", "-j", &chain]) {
+            let _ = iptables(&["-X", &chain]);
             return Err(e);
         }
-        Ok(Firewall { active: true })
-    }
-
-    fn teardown() -> Result<(), String> {
-        let _ = iptables(&["-D", "OUTPUT", "-j", CHAIN]);
-        iptables(&["-F", CHAIN])?;
-        iptables(&["-X", CHAIN])
+        Ok(Firewall { chain })
     }
 
     /// Drops packets from `from` to `to` (one way).
     pub fn cut(&self, from: &str, to: &str) -> Result<(), String> {
-        iptables(&["-A", CHAIN, "-s", from, "-d", to, "-j", "DROP"])
+        iptables(&["-A", &self.chain, "-s", from, "-d", to, "-j", "DROP"])
     }
 
     /// Drops traffic both ways between `a` and every address in `others`.
@@ -65,16 +60,23 @@ impl Firewall {
 
     /// Removes every rule: the network is whole again.
     pub fn heal(&self) -> Result<(), String> {
-        iptables(&["-F", CHAIN])
+        iptables(&["-F", &self.chain])
     }
+}
+
+fn teardown(chain: &str) -> Result<(), String> {
+    let _ = iptables(&["-D", "OUTPUT", "-j", chain]);
+    iptables(&["-F", chain])?;
+    iptables(&["-X", chain])
 }
 
 impl Drop for Firewall {
     fn drop(&mut self) {
-        if self.active {
-            if let Err(e) = Firewall::teardown() {
-                eprintln!("torture: could not remove iptables chain {CHAIN}: {e}");
-            }
+        if let Err(e) = teardown(&self.chain) {
+            eprintln!(
+                "torture: could not remove iptables chain {}: {e}",
+                self.chain
+            );
         }
     }
 }
