@@ -12,6 +12,7 @@
 // everywhere would fight the trait signatures.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod db;
 pub mod error;
 pub mod log_store;

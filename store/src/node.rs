@@ -22,6 +22,7 @@ use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::batch;
 use crate::db;
 use crate::error::Error;
 use crate::error::Result;
@@ -145,6 +146,10 @@ pub struct Store {
     committed: Arc<AtomicU64>,
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
+    /// Group commit: packs concurrent writes into shared log entries.
+    writer: batch::Writer,
+    /// Shares one leadership confirmation among concurrent consistent reads.
+    reads: batch::ReadBarrier,
     /// Serializes membership changes on the leader, so concurrent joins queue up instead
     /// of failing with "change in progress".
     membership_lock: tokio::sync::Mutex<()>,
@@ -223,7 +228,11 @@ impl Store {
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
         let (removed, _) = watch::channel(false);
+        let writer = batch::Writer::spawn(raft.clone());
+        let reads = batch::ReadBarrier::spawn(raft.clone());
         let store = Arc::new(Store {
+            writer,
+            reads,
             raft,
             db: db_handle,
             id,
@@ -322,25 +331,26 @@ impl Store {
             ReadLevel::Default => self.check_leader()?,
             ReadLevel::Consistent => {
                 let t = self.opts.read_timeout;
-                match tokio::time::timeout(t, self.raft.ensure_linearizable()).await {
+                match tokio::time::timeout(t, self.reads.confirm()).await {
+                    Ok(None) => return Err(Error::ShuttingDown),
                     Err(_) => {
                         return Err(Error::Timeout {
                             what: "confirming leadership for a consistent read".into(),
                             after: t,
                         })
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Ok(Some(Ok(()))) => {}
+                    Ok(Some(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))) => {
                         return Err(Error::NotLeader {
                             leader: f.leader_node.or_else(|| self.leader()),
                         })
                     }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                    Ok(Some(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))))) => {
                         return Err(Error::Unavailable(format!(
                             "could not confirm leadership with a quorum: {q}"
                         )))
                     }
-                    Ok(Err(RaftError::Fatal(e))) => return Err(fatal(e)),
+                    Ok(Some(Err(RaftError::Fatal(e)))) => return Err(fatal(e)),
                 }
             }
         }
@@ -360,13 +370,14 @@ impl Store {
     async fn write(&self, cmd: Command) -> Result<u64> {
         self.check_leader()?;
         let t = self.opts.write_timeout;
-        match tokio::time::timeout(t, self.raft.client_write(cmd)).await {
+        match tokio::time::timeout(t, self.writer.write(cmd)).await {
             Err(_) => Err(Error::Timeout {
                 what: "write (outcome unknown: it may still commit)".into(),
                 after: t,
             }),
-            Ok(Ok(resp)) => Ok(resp.log_id.index),
-            Ok(Err(e)) => Err(self.write_error(e)),
+            Ok(None) => Err(Error::ShuttingDown),
+            Ok(Some(Ok(index))) => Ok(index),
+            Ok(Some(Err(e))) => Err(self.write_error(e)),
         }
     }
 

@@ -187,6 +187,23 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
     out.sync_all().await
 }
 
+/// Adds the effect of `cmd` to `batch`.
+fn apply_command(batch: &mut WriteBatch, data: &rocksdb::ColumnFamily, cmd: Command) {
+    match cmd {
+        Command::Set { pairs } => {
+            for (k, v) in pairs {
+                batch.put_cf(data, k.as_bytes(), v.as_bytes());
+            }
+        }
+        Command::Delete { key } => batch.delete_cf(data, key.as_bytes()),
+        Command::Batch(cmds) => {
+            for c in cmds {
+                apply_command(batch, data, c);
+            }
+        }
+    }
+}
+
 /// Builds snapshots; a separate handle so openraft can build while applying continues.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
@@ -260,14 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Command::Set { pairs }) => {
-                    for (k, v) in pairs {
-                        batch.put_cf(data, k.as_bytes(), v.as_bytes());
-                    }
-                }
-                EntryPayload::Normal(Command::Delete { key }) => {
-                    batch.delete_cf(data, key.as_bytes());
-                }
+                EntryPayload::Normal(cmd) => apply_command(&mut batch, data, cmd),
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m);
                     batch.put_cf(meta, KEY_MEMBERSHIP, encode(&sm).map_err(sm_err)?);

@@ -39,6 +39,8 @@ pub enum Command {
     Set { pairs: Vec<(String, String)> },
     /// Delete a key; deleting a missing key is not an error.
     Delete { key: String },
+    /// Several client requests committed together (group commit), applied in order.
+    Batch(Vec<Command>),
 }
 
 /// What applying a [`Command`] returns. The log index is carried by openraft itself,
