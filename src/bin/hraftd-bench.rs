@@ -66,6 +66,7 @@ enum Level {
 }
 
 #[derive(Debug, Clone, Parser)]
+#[command(args_override_self = true)]
 struct RunArgs {
     #[arg(long, value_enum, default_value = "hraftd")]
     target: Target,
