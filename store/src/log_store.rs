@@ -1,8 +1,11 @@
 //! openraft's `RaftLogStorage` on RocksDB: log entries, the vote and the committed log id.
 //!
-//! Every write that openraft relies on for safety (appends, truncations, votes) is a
-//! synchronous (fsynced) write batch, and openraft is told an append is durable only
-//! after that batch returns.
+//! Every write that openraft relies on for safety is fsynced before openraft is told it is
+//! durable. Votes and truncations are synchronous (fsynced) write batches. Appends are
+//! written at once (so replication can read them) and then fsynced by a dedicated thread,
+//! which calls openraft's `LogFlushed` callback only after the WAL sync returns: the
+//! leader's fsync then overlaps with replication to followers instead of preceding it,
+//! and appends that queue up behind one sync share the next.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -45,6 +48,26 @@ pub struct LogStore {
     /// Whether purges wait for the state machine (see `purge`). Off only where the log
     /// store is exercised on its own, without a state machine (openraft's test suite).
     guard_purge: bool,
+    /// Hands appends to the WAL sync thread, which acknowledges them once durable.
+    syncer: Arc<std::sync::Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+}
+
+/// Syncs the WAL for queued appends, in order, and only then acknowledges them. One sync
+/// covers every append written before it started.
+fn wal_sync_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(cb) = rx.try_recv() {
+            waiting.push(cb);
+        }
+        let res = db.flush_wal(true);
+        for cb in waiting {
+            cb.log_io_completed(
+                res.clone()
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -67,10 +90,17 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("hraftd-wal-sync".into())
+            .spawn(move || wal_sync_loop(sync_db, rx))
+            .expect("spawning the WAL sync thread");
         LogStore {
             db,
             committed,
             guard_purge: true,
+            syncer: Arc::new(std::sync::Mutex::new(tx)),
         }
     }
 
@@ -226,18 +256,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(write_err)?,
             );
         }
-        let res = self.db.write_opt(batch, &db::sync_write());
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(io))
-            }
+        // Written now (readable by replication at once), durable once the sync thread
+        // has synced the WAL; only then is openraft told.
+        if let Err(e) = self.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(write_err(e));
         }
+        let sent = self
+            .syncer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(callback);
+        if let Err(std::sync::mpsc::SendError(callback)) = sent {
+            let e = std::io::Error::other("the WAL sync thread has stopped");
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(write_err(e));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
