@@ -127,3 +127,50 @@ async fn write_without_quorum_fails_in_bounded_time() {
     );
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// Consistent reads are batched (one leadership confirmation serves many reads) and
+/// writes are group-committed; under that concurrency every consistent read must still
+/// observe every write acknowledged before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consistent_reads_see_every_acknowledged_write_under_concurrency() {
+    let c = TestCluster::start(3, &[]).await;
+    let leader = c.must_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let client = c.follow.clone();
+        // Half the tasks go through a follower (307 to the leader).
+        let base = if t % 2 == 0 {
+            c.nodes[leader].url("")
+        } else {
+            c.nodes[follower].url("")
+        };
+        tasks.push(tokio::spawn(async move {
+            for n in 0..40 {
+                let put = client
+                    .put(format!("{base}/key/rw{t}"))
+                    .body(n.to_string())
+                    .send()
+                    .await
+                    .expect("PUT");
+                assert_eq!(put.status(), StatusCode::OK, "PUT rw{t}={n}");
+                let got: serde_json::Value = client
+                    .get(format!("{base}/key/rw{t}?level=consistent"))
+                    .send()
+                    .await
+                    .expect("GET")
+                    .json()
+                    .await
+                    .expect("JSON");
+                assert_eq!(
+                    got[format!("rw{t}")],
+                    n.to_string(),
+                    "consistent read after acknowledged write"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+}
