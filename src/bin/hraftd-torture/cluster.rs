@@ -31,6 +31,11 @@ impl Node {
 }
 
 pub struct Cluster {
+    /// Node processes that exited without being killed or removed by the nemesis: a crash
+    /// or a node that wrongly thought it was removed. Each is a finding.
+    pub unexpected_exits: Vec<String>,
+    /// Where node logs are copied when the cluster is dropped.
+    pub keep_logs: Option<PathBuf>,
     pub bin: PathBuf,
     pub nodes: Vec<Node>,
     pub client: reqwest::Client,
@@ -39,6 +44,12 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(dir) = &self.keep_logs {
+            let _ = std::fs::create_dir_all(dir);
+            for n in &self.nodes {
+                let _ = std::fs::copy(&n.log, dir.join(format!("{}.log", n.name)));
+            }
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 signal(&c, libc::SIGCONT);
@@ -77,6 +88,8 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            unexpected_exits: Vec::new(),
+            keep_logs: None,
             bin,
             nodes,
             client: reqwest::Client::builder()
@@ -154,6 +167,29 @@ impl Cluster {
         }
     }
 
+    /// Restarts every node whose process exited on its own, recording each as a finding.
+    pub fn restart_exited(&mut self) {
+        for i in 0..self.nodes.len() {
+            let status = match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(st))) => st,
+                _ => continue,
+            };
+            self.nodes[i].child = None;
+            let what = format!(
+                "{} exited on its own ({status}); last log lines:\n{}",
+                self.nodes[i].name,
+                self.log_tail(i, 15)
+            );
+            println!("torture: {what}");
+            self.unexpected_exits.push(what);
+            // A wiped node (churn that failed midway) must join; one with state resumes.
+            let join = !self.nodes[i].dir.join("raft").exists();
+            if let Err(e) = self.start(i, join) {
+                println!("torture: restarting {}: {e}", self.nodes[i].name);
+            }
+        }
+    }
+
     /// Whether node `i`'s process has exited (reaping it if so).
     pub fn exited(&mut self, i: usize) -> bool {
         match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
@@ -188,9 +224,10 @@ impl Cluster {
     }
 
     /// Waits for a leader that every running node agrees on.
-    pub async fn wait_leader(&self, deadline: Duration) -> Result<usize, String> {
+    pub async fn wait_leader(&mut self, deadline: Duration) -> Result<usize, String> {
         let start = Instant::now();
         loop {
+            self.restart_exited();
             if let Some(l) = self.leader().await {
                 let name = &self.nodes[l].name;
                 let mut agreed = true;
@@ -208,7 +245,22 @@ impl Cluster {
                 }
             }
             if start.elapsed() > deadline {
-                return Err(format!("no agreed leader within {deadline:?}"));
+                let mut views = String::new();
+                for i in 0..self.nodes.len() {
+                    let s = self.status(i).await;
+                    views.push_str(&format!(
+                        "\n  {}: {}",
+                        self.nodes[i].name,
+                        s.map(|s| format!(
+                            "role {} term {} leader {} applied {}",
+                            s["role"], s["term"], s["leader"]["id"], s["applied_index"]
+                        ))
+                        .unwrap_or_else(|| "no answer".into())
+                    ));
+                }
+                return Err(format!(
+                    "no agreed leader within {deadline:?}; node views:{views}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

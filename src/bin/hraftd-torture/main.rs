@@ -126,6 +126,7 @@ async fn run(args: Args) -> Result<bool, String> {
         args.nodes,
         &["-snapshot-threshold", "400", "-write-timeout", "2"],
     );
+    cluster.keep_logs = Some(args.out.join("logs"));
     cluster.start_all().await?;
     println!("torture: cluster of {} up", args.nodes);
     let prefix = format!("t{seed:x}");
@@ -214,6 +215,7 @@ async fn run(args: Args) -> Result<bool, String> {
         convergence: &convergence,
         final_read_missing,
         availability: nemesis::availability(&faults, &ops),
+        unexpected_exits: &cluster.unexpected_exits,
     };
     let ok = report.print(&args.out);
     drop(cluster);

@@ -202,7 +202,21 @@ impl<'a> Nemesis<'a> {
             .await
             .is_ok_and(|r| r.status().is_success());
         if !removed {
-            return fault("churn skipped (remove failed)");
+            // The answer was lost, but the removal may have committed: then the node
+            // leaves, and that is no finding.
+            let name = c.nodes[i].name.clone();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let still_member = match c.leader().await {
+                Some(l) => c.status(l).await.is_none_or(|s| {
+                    s["members"]
+                        .as_array()
+                        .is_none_or(|m| m.iter().any(|m| m["id"] == name.as_str()))
+                }),
+                None => true,
+            };
+            if still_member {
+                return fault("churn skipped (remove failed)");
+            }
         }
         let start = Instant::now();
         while !c.exited(i) && start.elapsed() < Duration::from_secs(35) {
@@ -235,13 +249,7 @@ impl<'a> Nemesis<'a> {
             let _ = fw.heal();
         }
         c.resume_all();
-        for i in 0..c.nodes.len() {
-            if c.exited(i) {
-                // A wiped node (churn that failed midway) must join; one with state resumes.
-                let join = !c.nodes[i].dir.join("raft").exists();
-                let _ = c.start(i, join);
-            }
-        }
+        c.restart_exited();
     }
 }
 
@@ -426,6 +434,7 @@ pub struct Report<'a> {
     pub convergence: &'a Convergence,
     pub final_read_missing: usize,
     pub availability: Vec<Duration>,
+    pub unexpected_exits: &'a [String],
 }
 
 impl Report<'_> {
@@ -518,6 +527,7 @@ impl Report<'_> {
             "not_linearizable": bad,
             "unknown": unknown,
             "final_reads_missing": self.final_read_missing,
+            "unexpected_exits": self.unexpected_exits,
             "converged": self.convergence.converged,
             "control": self.control.map(|c| c.caught),
             "availability_ms": avail.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
