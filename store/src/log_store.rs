@@ -37,6 +37,8 @@ use crate::types::Vote;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// The longest a purge waits for the state machine to reach the purge point.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The log store handle openraft owns; clones share the database.
 #[derive(Clone)]
@@ -284,14 +286,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // openraft may ask to purge up to a snapshot that the state machine is still
-        // installing (it does not wait for the install). Purging past what the state
-        // machine has durably applied could leave, after a crash, a log that starts beyond
-        // the state: so defer; openraft asks again after the next snapshot.
-        let applied = self.applied_index().map_err(read_err)?;
-        if self.guard_purge && applied.is_none_or(|a| a < log_id.index) {
-            log::debug!("deferring log purge to {log_id}: state machine has applied {applied:?}");
-            return Ok(());
+        // openraft asks to purge up to a snapshot that the state machine may still be
+        // installing (it does not wait for the install). Purging first could leave, after a
+        // crash, a log that starts beyond the state machine; skipping the purge would leave
+        // a gap in the log (the entries the snapshot jumped over were never received). So
+        // wait, bounded, until the state machine has applied that far.
+        if self.guard_purge {
+            let waited = std::time::Instant::now();
+            loop {
+                let applied = self.applied_index().map_err(read_err)?;
+                if applied.is_some_and(|a| a >= log_id.index) {
+                    break;
+                }
+                if waited.elapsed() > PURGE_WAIT {
+                    log::warn!(
+                        "purging the log to {log_id} although the state machine has applied only {applied:?} after {PURGE_WAIT:?}"
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
         // The purge point and the deletion go in one batch, so a crash never leaves a log
         // whose start is unknown.
@@ -335,8 +349,11 @@ mod tests {
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3, 7, 42)));
     }
 
-    /// A purge beyond what the state machine has applied is deferred, so a crash can never
-    /// leave a log that starts after the state machine's last applied entry.
+    /// A purge beyond what the state machine has applied waits for it, so a crash can never
+    /// leave a log that starts after the state machine's last applied entry, and the log
+    /// never gets a gap (found by hraftd-torture: a snapshot install jumped over entries
+    /// the node never had, a deferred purge kept the older ones, and the node could not
+    /// restart).
     #[tokio::test]
     async fn purge_waits_for_the_state_machine() {
         let td = tempfile::tempdir().unwrap();
@@ -349,12 +366,17 @@ mod tests {
         }
         db.write(batch).unwrap();
 
-        log.purge(log_id(1, 0, 5)).await.unwrap();
+        let mut purger = log.clone();
+        let purge = tokio::spawn(async move { purger.purge(log_id(1, 0, 5)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !purge.is_finished(),
+            "purge must wait for the state machine"
+        );
         assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
-        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 10);
 
         sm.apply((1..=6).map(blank)).await.unwrap();
-        log.purge(log_id(1, 0, 5)).await.unwrap();
+        purge.await.unwrap().unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 5)));
         assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 5);
