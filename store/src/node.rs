@@ -295,11 +295,6 @@ impl Store {
         ))
     }
 
-    /// This node's advertised identity.
-    pub fn me(&self) -> &Node {
-        &self.me
-    }
-
     /// Whether this node has Raft state (it bootstrapped or joined before).
     pub async fn is_initialized(&self) -> Result<bool> {
         self.raft
