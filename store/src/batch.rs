@@ -9,6 +9,7 @@
 //!   at least the commit index at its arrival: still linearizable.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::CheckIsLeaderError;
 use openraft::error::ClientWriteError;
@@ -28,6 +29,11 @@ const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Batches proposed but not yet committed; more requests wait and form the next batch.
 pub(crate) const MAX_INFLIGHT: usize = 8;
+/// The longest one batch may hold its in-flight slot (e.g. while quorum is lost). Its
+/// clients have given up long before (their own write timeout), with "outcome unknown".
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one read round may take; its readers are told it stalled.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type WriteResult = Result<u64, RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
 pub(crate) type ReadResult = Result<(), RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>>;
@@ -98,19 +104,33 @@ async fn write_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
             } else {
                 Command::Batch(cmds)
             };
-            let res = raft.client_write(cmd).await.map(|r| r.log_id.index);
-            for w in waiters {
-                let _ = w.send(res.clone());
+            // On timeout the waiters are dropped: they have already answered "outcome
+            // unknown" to their clients.
+            if let Ok(res) = tokio::time::timeout(BATCH_TIMEOUT, raft.client_write(cmd)).await {
+                let res = res.map(|r| r.log_id.index);
+                for w in waiters {
+                    let _ = w.send(res.clone());
+                }
             }
             drop(permit);
         });
     }
 }
 
+/// How a read round ended for its readers. (Short-lived and rare to move: not boxed.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Confirmed {
+    Done(ReadResult),
+    /// The round did not finish within its time limit.
+    Stalled,
+    /// The node is shutting down.
+    Closed,
+}
+
 /// Shares leadership confirmations among concurrent consistent reads.
 #[derive(Clone)]
 pub(crate) struct ReadBarrier {
-    tx: mpsc::UnboundedSender<oneshot::Sender<ReadResult>>,
+    tx: mpsc::UnboundedSender<oneshot::Sender<Option<ReadResult>>>,
 }
 
 impl ReadBarrier {
@@ -122,21 +142,33 @@ impl ReadBarrier {
 
     /// Resolves once this node has confirmed its leadership with a quorum (in a round that
     /// began after this call) and applied up to that round's read index.
-    pub(crate) async fn confirm(&self) -> Option<ReadResult> {
+    pub(crate) async fn confirm(&self) -> Confirmed {
         let (done, rx) = oneshot::channel();
-        self.tx.send(done).ok()?;
-        rx.await.ok()
+        if self.tx.send(done).is_err() {
+            return Confirmed::Closed;
+        }
+        match rx.await {
+            Ok(Some(res)) => Confirmed::Done(res),
+            Ok(None) => Confirmed::Stalled,
+            Err(_) => Confirmed::Closed,
+        }
     }
 }
 
-async fn read_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<ReadResult>>) {
+async fn read_loop(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Option<ReadResult>>>,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
         // Every waiter arrived before this call: one confirmation serves them all.
-        let res = raft.ensure_linearizable().await.map(|_| ());
+        let res = tokio::time::timeout(ROUND_TIMEOUT, raft.ensure_linearizable())
+            .await
+            .ok()
+            .map(|r| r.map(|_| ()));
         for w in waiters {
             let _ = w.send(res.clone());
         }

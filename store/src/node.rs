@@ -327,25 +327,29 @@ impl Store {
             ReadLevel::Consistent => {
                 let t = self.opts.read_timeout;
                 match tokio::time::timeout(t, self.reads.confirm()).await {
-                    Ok(None) => return Err(Error::ShuttingDown),
-                    Err(_) => {
+                    Ok(batch::Confirmed::Closed) => return Err(Error::ShuttingDown),
+                    Err(_) | Ok(batch::Confirmed::Stalled) => {
                         return Err(Error::Timeout {
                             what: "confirming leadership for a consistent read".into(),
                             after: t,
                         })
                     }
-                    Ok(Some(Ok(()))) => {}
-                    Ok(Some(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))) => {
+                    Ok(batch::Confirmed::Done(Ok(()))) => {}
+                    Ok(batch::Confirmed::Done(Err(RaftError::APIError(
+                        CheckIsLeaderError::ForwardToLeader(f),
+                    )))) => {
                         return Err(Error::NotLeader {
                             leader: f.leader_node.or_else(|| self.leader()),
                         })
                     }
-                    Ok(Some(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))))) => {
+                    Ok(batch::Confirmed::Done(Err(RaftError::APIError(
+                        CheckIsLeaderError::QuorumNotEnough(q),
+                    )))) => {
                         return Err(Error::Unavailable(format!(
                             "could not confirm leadership with a quorum: {q}"
                         )))
                     }
-                    Ok(Some(Err(RaftError::Fatal(e)))) => return Err(fatal(e)),
+                    Ok(batch::Confirmed::Done(Err(RaftError::Fatal(e)))) => return Err(fatal(e)),
                 }
             }
         }
