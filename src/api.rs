@@ -60,7 +60,7 @@ impl KvStore for Api {
         self.0.delete(key).await.map_err(api_error)
     }
 
-    async fn join(&self, req: JoinRequest) -> Result<(), ApiError> {
+    async fn join(&self, req: JoinRequest) -> Result<u64, ApiError> {
         let node = Node {
             name: req.id,
             raft_addr: req.addr,

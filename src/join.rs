@@ -13,13 +13,14 @@ use crate::cli::dial_addr;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Asks the cluster reachable at `targets` to add this node, until `deadline` has passed.
+/// Returns the membership log index that made this node a voter.
 pub async fn join(
     targets: &[String],
     id: &str,
     raft_addr: &str,
     http_addr: &str,
     deadline: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(5))
         .timeout(REQUEST_TIMEOUT)
@@ -34,8 +35,10 @@ pub async fn join(
             let url = format!("http://{}/join", dial_addr(target));
             match client.post(&url).json(&body).send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    log::info!("joined the cluster via {url}");
-                    return Ok(());
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    let index = body["index"].as_u64().unwrap_or(0);
+                    log::info!("joined the cluster via {url} (voter at log {index})");
+                    return Ok(index);
                 }
                 Ok(resp) => {
                     let status = resp.status();

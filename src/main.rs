@@ -109,7 +109,8 @@ async fn run() -> anyhow::Result<()> {
         stopped(stop_rx),
     ));
 
-    // 6. Bootstrap, join, or resume.
+    // 6. Bootstrap, join, or resume; then act on our own view of membership from the
+    //    point this node (re)entered the cluster.
     if store.is_initialized().await? {
         if !args.join.is_empty() {
             log::info!(
@@ -117,15 +118,20 @@ async fn run() -> anyhow::Result<()> {
                 args.data_dir.display()
             );
         }
+        store.watch_removal_after(0);
     } else if args.join.is_empty() {
         log::info!("no Raft state and no -join: bootstrapping a single-node cluster");
         store.bootstrap().await.context("bootstrapping")?;
+        store.watch_removal_after(0);
     } else {
         let deadline = Duration::from_secs(args.join_timeout);
-        if let Err(e) = join::join(&args.join, &name, &radv, &hadv, deadline).await {
-            let _ = stop_tx.send(true);
-            store.shutdown().await;
-            return Err(e);
+        match join::join(&args.join, &name, &radv, &hadv, deadline).await {
+            Ok(index) => store.watch_removal_after(index),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                store.shutdown().await;
+                return Err(e);
+            }
         }
     }
 

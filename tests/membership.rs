@@ -146,3 +146,62 @@ async fn join_catches_up_when_log_batches_are_large() {
     let j = c.must_join_new_node().await;
     c.must_see(j, "big23", &big).await;
 }
+
+#[tokio::test]
+async fn removed_node_rejoins_fresh_under_the_same_name() {
+    // Small snapshots, so the re-joining node gets one from before its removal and then
+    // replays its own removal from the log: history it must not act on.
+    let mut c = TestCluster::start(3, &["-snapshot-threshold", "20"]).await;
+    let leader = c.must_leader().await;
+    // Write until the leader's newest snapshot is close behind its log, so the removal
+    // below lands after that snapshot and before the next one.
+    let mut n = 0;
+    loop {
+        c.must_put(leader, &format!("k{n}"), "v").await;
+        n += 1;
+        let applied = c.status(leader).await.unwrap()["applied_index"]
+            .as_u64()
+            .unwrap();
+        let snap = newest_snapshot_index(&c.nodes[leader].dir);
+        if snap.is_some_and(|s| s >= 20 && applied - s <= 12) {
+            break;
+        }
+        assert!(n < 200, "no snapshot close to the log tip after {n} writes");
+    }
+    let victim = (leader + 1) % 3;
+    let name = c.nodes[victim].name.clone();
+    c.must_remove(leader, &name).await;
+    c.must_exit_cleanly(victim, Duration::from_secs(30)).await;
+    std::fs::remove_dir_all(&c.nodes[victim].dir).unwrap();
+    let join = c.nodes[leader].http.clone();
+    c.spawn(victim, Some(&join));
+    c.must_be_voter(&name).await;
+    for round in 0..2 {
+        c.must_put(leader, &format!("back{round}"), "v").await;
+        c.must_see(victim, &format!("back{round}"), "v").await;
+    }
+    let still_running = c.nodes[victim]
+        .child
+        .as_mut()
+        .unwrap()
+        .try_wait()
+        .unwrap()
+        .is_none();
+    assert!(
+        still_running,
+        "the re-joined node shut itself down:\n{}",
+        c.nodes[victim].log_tail()
+    );
+}
+
+/// The log index of the newest snapshot file in a node's data dir (`<term>-<index>-<ms>.snap`).
+fn newest_snapshot_index(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_dir(dir.join("snapshots"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".snap")?;
+            stem.split('-').nth(1)?.parse().ok()
+        })
+        .max()
+}

@@ -52,8 +52,8 @@ pub(crate) async fn join<S: KvStore>(
         );
     }
     let id = j.id.clone();
-    store.join(j).await.map_err(|e| e.at(&req))?;
-    Ok(HttpResponse::Ok().json(json!({ "joined": id })))
+    let index = store.join(j).await.map_err(|e| e.at(&req))?;
+    Ok(HttpResponse::Ok().json(json!({ "joined": id, "index": index })))
 }
 
 /// `POST /remove`: answers once the removal is committed.

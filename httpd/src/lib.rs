@@ -80,7 +80,8 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, ApiError>>;
     fn set(&self, pairs: Vec<(String, String)>) -> impl Future<Output = Result<u64, ApiError>>;
     fn delete(&self, key: String) -> impl Future<Output = Result<u64, ApiError>>;
-    fn join(&self, req: JoinRequest) -> impl Future<Output = Result<(), ApiError>>;
+    /// Adds a node; resolves with the membership log index that made it a voter.
+    fn join(&self, req: JoinRequest) -> impl Future<Output = Result<u64, ApiError>>;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), ApiError>>;
     fn status(&self) -> Status;
 }

@@ -92,13 +92,13 @@ impl KvStore for Fake {
         Ok(self.bump())
     }
 
-    async fn join(&self, req: JoinRequest) -> Result<(), ApiError> {
+    async fn join(&self, req: JoinRequest) -> Result<u64, ApiError> {
         self.leader_check()?;
         if req.id == "busy" {
             return Err(ApiError::Conflict("membership change in progress".into()));
         }
         self.members.lock().unwrap().push(req.id);
-        Ok(())
+        Ok(self.bump())
     }
 
     async fn remove(&self, id: &str) -> Result<(), ApiError> {
@@ -371,7 +371,10 @@ async fn membership_and_status() {
         r#"{"id":"n1","addr":"h:12001","http_addr":"h:11001"}"#,
     )
     .await;
-    assert_eq!((s, v), (StatusCode::OK, json!({"joined": "n1"})));
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"joined": "n1", "index": 1}))
+    );
     let (s, v) = req(
         &f,
         Method::POST,

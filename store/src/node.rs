@@ -146,6 +146,9 @@ pub struct Store {
     committed: Arc<AtomicU64>,
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
+    /// The membership log index from which this node's own view of membership counts
+    /// (`u64::MAX` until start-up says; see `spawn_removal_watch`).
+    removal_floor: Arc<AtomicU64>,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
     /// Shares one leadership confirmation among concurrent consistent reads.
@@ -153,6 +156,29 @@ pub struct Store {
     /// Serializes membership changes on the leader, so concurrent joins queue up instead
     /// of failing with "change in progress".
     membership_lock: tokio::sync::Mutex<()>,
+}
+
+/// This node's own view of membership, as the removal watch sees it.
+#[derive(Debug, Default)]
+struct MembershipView {
+    /// Seen listed in a membership at or after the floor.
+    was_member: bool,
+}
+
+impl MembershipView {
+    /// Takes in one observed membership (its log index, whether it lists this node) and
+    /// says whether this node has been removed. Memberships older than `floor` are history
+    /// and count for nothing; `u64::MAX` means "not watching yet".
+    fn removed(&mut self, floor: u64, index: Option<u64>, present: bool) -> bool {
+        if floor == u64::MAX || index.unwrap_or(0) < floor {
+            return false;
+        }
+        if present {
+            self.was_member = true;
+            return false;
+        }
+        self.was_member
+    }
 }
 
 /// Reads the member name stored in `data_dir` by an earlier run, if any.
@@ -242,39 +268,53 @@ impl Store {
             net,
             committed,
             removed,
+            removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
             membership_lock: tokio::sync::Mutex::new(()),
         });
         store.spawn_removal_watch();
         Ok(store)
     }
 
-    /// Watches this node's own view of membership: once it has seen itself as a member, a
-    /// later membership that no longer lists it means it has been removed. (A node that is
-    /// joining may first install a snapshot whose membership predates it: that is not a
-    /// removal, hence "has seen itself".)
+    /// Watches this node's own view of membership, from the membership log index set by
+    /// [`Store::watch_removal_after`] on: once it has seen itself listed there, a later
+    /// membership that no longer lists it means it has been removed. Older memberships are
+    /// history: a node that re-joins under its old name replays its own earlier removal
+    /// (from the log, after a snapshot taken while it was a member) and must not act on it.
     fn spawn_removal_watch(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
         let id = self.id;
         let removed = self.removed.clone();
+        let floor = self.removal_floor.clone();
         tokio::spawn(async move {
-            let mut was_member = false;
+            let mut view = MembershipView::default();
             loop {
-                let present = {
+                let (index, present) = {
                     let m = rx.borrow_and_update();
-                    m.membership_config.membership().get_node(&id).is_some()
+                    let mem = &m.membership_config;
+                    (
+                        mem.log_id().map(|l| l.index),
+                        mem.membership().get_node(&id).is_some(),
+                    )
                 };
-                if present {
-                    was_member = true;
-                } else if was_member {
+                if view.removed(floor.load(Ordering::Relaxed), index, present) {
                     log::warn!("this node is no longer in the cluster's membership");
                     removed.send_replace(true);
                     return;
                 }
-                if rx.changed().await.is_err() {
-                    return;
+                // Re-check on every metrics change, and now and then for a new floor.
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
         });
+    }
+
+    /// Starts acting on this node's own view of membership from log index `index` on: 0
+    /// for a node that bootstrapped or resumed, the index that made it a voter for a node
+    /// that just joined.
+    pub fn watch_removal_after(&self, index: u64) {
+        self.removal_floor.store(index, Ordering::Relaxed);
     }
 
     /// Serves the peer transport on `listener` until `shutdown` resolves.
@@ -414,7 +454,8 @@ impl Store {
 
     /// Adds a node: as a learner, then, once it has caught up, as a voter. Idempotent for
     /// the same name and addresses; the same name with new addresses replaces the entry.
-    pub async fn join(&self, node: Node) -> Result<()> {
+    /// Returns the membership log index at which the node became (or already was) a voter.
+    pub async fn join(&self, node: Node) -> Result<u64> {
         if node.name.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
             return Err(Error::Invalid(
                 "id, addr and http_addr must be non-empty".into(),
@@ -437,7 +478,8 @@ impl Store {
             }
             if *old == node && is_voter {
                 log::info!("join: {node} is already a voter");
-                return Ok(());
+                let m = self.raft.metrics().borrow().clone();
+                return Ok(m.membership_config.log_id().map(|l| l.index).unwrap_or(0));
             }
             if *old != node {
                 log::info!("join: {} changed addresses; replacing {old}", node.name);
@@ -465,13 +507,14 @@ impl Store {
             );
         }
         self.wait_caught_up(id, &node.name).await?;
-        self.change_membership(
-            ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-            "promoting to voter",
-        )
-        .await?;
-        log::info!("join: {node} is a voter");
-        Ok(())
+        let index = self
+            .change_membership(
+                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                "promoting to voter",
+            )
+            .await?;
+        log::info!("join: {node} is a voter at log {index}");
+        Ok(index)
     }
 
     /// Waits until the leader has replicated its whole log to `id`.
@@ -622,5 +665,38 @@ fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
     match e {
         openraft::error::Fatal::Stopped => Error::ShuttingDown,
         other => Error::Raft(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MembershipView;
+
+    /// A node re-joining under its old name replays history: a snapshot whose membership
+    /// lists its old self, then its own earlier removal, then its new addition. Found by
+    /// hraftd-torture: acting on that history made re-joined nodes shut themselves down.
+    #[test]
+    fn replayed_history_before_the_join_is_not_a_removal() {
+        let mut v = MembershipView::default();
+        // Still joining: nothing counts yet.
+        assert!(!v.removed(u64::MAX, Some(40), true));
+        assert!(!v.removed(u64::MAX, Some(42), false));
+        // Joined as a voter at 50: replayed memberships before 50 are history.
+        assert!(!v.removed(50, Some(40), true));
+        assert!(!v.removed(50, Some(42), false));
+        assert!(!v.removed(50, Some(50), true));
+        // A later membership without this node is a real removal.
+        assert!(v.removed(50, Some(60), false));
+    }
+
+    #[test]
+    fn a_bootstrapped_or_resumed_node_watches_from_the_start() {
+        let mut v = MembershipView::default();
+        assert!(!v.removed(0, Some(1), true));
+        assert!(!v.removed(0, Some(7), true));
+        assert!(v.removed(0, Some(9), false));
+        // Never listed (e.g. a snapshot from before this node existed): not a removal.
+        let mut fresh = MembershipView::default();
+        assert!(!fresh.removed(0, Some(3), false));
     }
 }
