@@ -468,7 +468,8 @@ impl Report<'_> {
             && unknown == 0
             && control_ok
             && self.convergence.converged
-            && self.final_read_missing == 0;
+            && self.final_read_missing == 0
+            && self.unexpected_exits.is_empty();
 
         println!(
             "\n=== hraftd-torture report (seed {}, {:?}) ===",
@@ -490,6 +491,10 @@ impl Report<'_> {
         println!(
             "final consistent reads missing: {}",
             self.final_read_missing
+        );
+        println!(
+            "nodes that exited on their own: {}",
+            self.unexpected_exits.len()
         );
         println!(
             "convergence: {} after {:.1?} ({})",
