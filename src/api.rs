@@ -4,10 +4,13 @@
 use std::sync::Arc;
 
 use hraftd_httpd::ApiError;
+use hraftd_httpd::Backup;
+use hraftd_httpd::CfSize;
 use hraftd_httpd::JoinRequest;
 use hraftd_httpd::KvStore;
 use hraftd_httpd::MemberInfo;
 use hraftd_httpd::NodeInfo;
+use hraftd_httpd::NodeMetrics;
 use hraftd_httpd::ReadLevel;
 use hraftd_httpd::Status;
 use hraftd_store::Error;
@@ -74,24 +77,63 @@ impl KvStore for Api {
     }
 
     fn status(&self) -> Status {
-        let s = self.0.status();
-        Status {
-            id: s.name,
-            role: s.role.as_str().to_string(),
-            term: s.term,
-            leader: s.leader.map(node_info),
-            members: s
-                .members
+        status(self.0.status())
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        self.0.not_ready()
+    }
+
+    fn metrics(&self) -> NodeMetrics {
+        let m = self.0.metrics();
+        NodeMetrics {
+            status: status(m.status),
+            ready: self.0.not_ready().is_none(),
+            last_log_index: m.last_log_index,
+            purged_index: m.purged_index,
+            snapshot_index: m.snapshot_index,
+            snapshot_bytes: m.snapshot_bytes,
+            replication_lag: m.replication_lag,
+            rocksdb: m
+                .rocksdb
                 .into_iter()
-                .map(|m| MemberInfo {
-                    id: m.node.name,
-                    raft_addr: m.node.raft_addr,
-                    http_addr: m.node.http_addr,
-                    voter: m.voter,
+                .map(|c| CfSize {
+                    cf: c.name.to_string(),
+                    sst_bytes: c.sst_bytes,
+                    memtable_bytes: c.memtable_bytes,
                 })
                 .collect(),
-            commit_index: s.commit_index,
-            applied_index: s.applied_index,
         }
+    }
+
+    async fn backup(&self, l: ReadLevel) -> Result<Backup, ApiError> {
+        let b = self.0.backup(level(l)).await.map_err(api_error)?;
+        Ok(Backup {
+            file: b.file,
+            bytes: b.bytes,
+            applied_index: b.applied_index,
+            keys: b.keys,
+        })
+    }
+}
+
+fn status(s: hraftd_store::Status) -> Status {
+    Status {
+        id: s.name,
+        role: s.role.as_str().to_string(),
+        term: s.term,
+        leader: s.leader.map(node_info),
+        members: s
+            .members
+            .into_iter()
+            .map(|m| MemberInfo {
+                id: m.node.name,
+                raft_addr: m.node.raft_addr,
+                http_addr: m.node.http_addr,
+                voter: m.voter,
+            })
+            .collect(),
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
     }
 }

@@ -121,6 +121,28 @@ pub fn advertised(explicit: Option<&str>, bind: &str, bound_port: u16) -> anyhow
     }
 }
 
+/// The port of a `host:port` or `:port` address.
+pub fn port_of(addr: &str) -> anyhow::Result<u16> {
+    Ok(split(addr)?.1)
+}
+
+/// The node's name and advertised Raft and HTTP addresses, given the ports actually bound:
+/// the name is `-id`, else the one stored in DATA_DIR, else the advertised Raft address.
+pub fn identity(
+    args: &Args,
+    raft_port: u16,
+    http_port: u16,
+) -> anyhow::Result<(String, String, String)> {
+    let radv = advertised(args.radv.as_deref(), &args.raddr, raft_port)?;
+    let hadv = advertised(args.hadv.as_deref(), &args.haddr, http_port)?;
+    let name = match (&args.id, hraftd_store::stored_name(&args.data_dir)) {
+        (Some(id), _) => id.clone(),
+        (None, Some(stored)) => stored,
+        (None, None) => radv.clone(),
+    };
+    Ok((name, radv, hadv))
+}
+
 /// A `-join` target as a dialable address (`:11000` means this host).
 pub fn dial_addr(addr: &str) -> String {
     match addr.strip_prefix(':') {

@@ -1,15 +1,18 @@
 //! hraftd: one Raft node and its HTTP API, in the start-up order of the Go hraftd:
 //! flags -> listeners -> store -> peer transport -> HTTP -> bootstrap or join -> wait for a
-//! signal (or removal from the cluster) -> shut down in order.
+//! signal (or removal from the cluster) -> shut down in order. `hraftd restore` seeds a new
+//! single-node cluster from a backup (`restore.rs`).
 
 mod api;
 mod cli;
 mod join;
+mod restore;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Parser;
 use hraftd_httpd::Settings;
 use hraftd_store::Options;
 use hraftd_store::Store;
@@ -53,28 +56,23 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    // 1. Flags and logging.
-    let args = Args::parse_go_style(std::env::args());
+    // 1. Flags and logging; `hraftd restore ...` is its own short sequence.
+    let argv: Vec<String> = std::env::args().collect();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if argv.get(1).map(String::as_str) == Some("restore") {
+        let rest = argv[..1].iter().chain(&argv[2..]).cloned();
+        return restore::run(restore::RestoreArgs::parse_from(cli::go_style(rest))).await;
+    }
+    let args = Args::parse_go_style(argv);
 
     // 2. Listeners first: a busy port fails fast, before any state is touched.
     let raft_listener = listen(&args.raddr, "raft").await?;
     let http_listener = listen(&args.haddr, "HTTP").await?;
-    let radv = cli::advertised(
-        args.radv.as_deref(),
-        &args.raddr,
+    let (name, radv, hadv) = cli::identity(
+        &args,
         raft_listener.local_addr()?.port(),
-    )?;
-    let hadv = cli::advertised(
-        args.hadv.as_deref(),
-        &args.haddr,
         http_listener.local_addr()?.port(),
     )?;
-    let name = match (&args.id, hraftd_store::stored_name(&args.data_dir)) {
-        (Some(id), _) => id.clone(),
-        (None, Some(stored)) => stored,
-        (None, None) => radv.clone(),
-    };
     log::info!(
         "node {name:?}: raft {radv}, http {hadv}, data {}",
         args.data_dir.display()
@@ -141,12 +139,16 @@ async fn run() -> anyhow::Result<()> {
         _ = store.removed() => log::warn!("removed from the cluster; shutting down"),
     }
 
-    // 8. Stop HTTP (in-flight requests finish), then the transport, then Raft.
+    // 8. Stop HTTP (no new requests; in-flight ones finish), hand off if leading, then
+    //    stop the transport, then Raft and RocksDB.
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(15), http_task).await {
         Ok(Ok(Err(e))) => log::warn!("HTTP server: {e}"),
         Err(_) => log::warn!("HTTP server did not stop within 15s"),
         _ => {}
+    }
+    if let Some(to) = store.hand_off(Duration::from_secs(5)).await {
+        log::info!("stepping down as leader: {to} holds the whole log and can take over");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
     store.shutdown().await;

@@ -96,9 +96,13 @@ pub(crate) fn parse_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError
         .collect()
 }
 
+/// The request's `?level=` (default when absent).
+pub(crate) fn query_level(req: &HttpRequest) -> Result<ReadLevel, ApiError> {
+    level(&query(req)?)
+}
+
 async fn read_key<S: KvStore>(store: &S, req: &HttpRequest, key: &str) -> Reply {
-    let q = query(req).map_err(|e| e.at(req))?;
-    let level = level(&q).map_err(|e| e.at(req))?;
+    let level = query_level(req).map_err(|e| e.at(req))?;
     non_empty(key).map_err(|e| e.at(req))?;
     match store.get(key, level).await.map_err(|e| e.at(req))? {
         Some(v) => {

@@ -12,10 +12,15 @@
 //! | `/join` | `POST` |
 //! | `/remove` | `POST` |
 //! | `/status` | `GET` |
+//! | `/livez`, `/readyz` | `GET` (health for orchestrators) |
+//! | `/metrics` | `GET` (Prometheus text format) |
+//! | `/backup` | `GET ?level=` (a consistent image of the data) |
+//! | `/openapi.json` | `GET` (this API, as OpenAPI 3; the file `httpd/openapi.json`) |
 
 use std::future::Future;
 use std::sync::Arc;
 
+use actix_web::dev::Service;
 use actix_web::web;
 use actix_web::App;
 use actix_web::HttpRequest;
@@ -27,10 +32,14 @@ use serde::Serialize;
 mod cluster;
 pub mod error;
 mod key;
+pub mod metrics;
+mod ops;
 
 pub use cluster::JoinRequest;
 pub use error::ApiError;
 pub use error::Rejection;
+pub use metrics::HttpMetrics;
+pub use ops::OPENAPI;
 
 /// Read levels, as the `level` query parameter names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,38 @@ pub struct Status {
     pub applied_index: u64,
 }
 
+/// One RocksDB column family's size, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CfSize {
+    pub cf: String,
+    pub sst_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
+/// The node's numbers that `/metrics` shows, besides the HTTP layer's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMetrics {
+    pub status: Status,
+    pub ready: bool,
+    pub last_log_index: u64,
+    /// Log entries up to this index have been purged (they are in a snapshot).
+    pub purged_index: u64,
+    pub snapshot_index: u64,
+    pub snapshot_bytes: u64,
+    /// On the leader: (follower name, entries behind).
+    pub replication_lag: Vec<(String, u64)>,
+    pub rocksdb: Vec<CfSize>,
+}
+
+/// A backup to stream: an open file (already unlinked) and what it holds.
+#[derive(Debug)]
+pub struct Backup {
+    pub file: std::fs::File,
+    pub bytes: u64,
+    pub applied_index: u64,
+    pub keys: u64,
+}
+
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
 /// implementation decides what each failure means to a client (e.g. `NotLeader`).
 pub trait KvStore: Send + Sync + 'static {
@@ -84,6 +125,11 @@ pub trait KvStore: Send + Sync + 'static {
     fn join(&self, req: JoinRequest) -> impl Future<Output = Result<u64, ApiError>>;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), ApiError>>;
     fn status(&self) -> Status;
+    /// Why the node should not get traffic yet (`None` once ready).
+    fn not_ready(&self) -> Option<String>;
+    fn metrics(&self) -> NodeMetrics;
+    /// A consistent image of the applied data, taken at `level`.
+    fn backup(&self, level: ReadLevel) -> impl Future<Output = Result<Backup, ApiError>>;
 }
 
 /// HTTP settings.
@@ -140,13 +186,40 @@ pub fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
         web::resource("/status")
             .route(web::get().to(cluster::status::<S>))
             .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/livez")
+            .route(web::get().to(ops::livez))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(ops::readyz::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::metrics::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/backup")
+            .route(web::get().to(ops::backup::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(ops::openapi))
+            .default_service(not_allowed()),
     );
 }
 
-/// Builds the application for `store`; used by [`serve`] and by tests.
+/// Builds the application for `store`, counting requests into `metrics`; used by
+/// [`serve`] and by tests.
 pub fn app<S: KvStore>(
     store: Arc<S>,
     settings: Settings,
+    metrics: Arc<HttpMetrics>,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -156,11 +229,29 @@ pub fn app<S: KvStore>(
         InitError = (),
     >,
 > {
+    let counted = metrics.clone();
     App::new()
         .app_data(web::Data::from(store))
         .app_data(web::Data::new(settings))
+        .app_data(web::Data::from(metrics))
         .configure(routes::<S>)
         .default_service(web::route().to(not_found))
+        .wrap_fn(move |req, srv| {
+            let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+            let method = req.method().clone();
+            let start = std::time::Instant::now();
+            let fut = srv.call(req);
+            let m = counted.clone();
+            async move {
+                let res = fut.await;
+                let code = match &res {
+                    Ok(r) => r.status(),
+                    Err(e) => e.as_response_error().status_code(),
+                };
+                m.observe(&route, &method, code.as_u16(), start.elapsed());
+                res
+            }
+        })
 }
 
 /// Serves the API on an already-bound `listener` until `shutdown` resolves, then stops
@@ -171,7 +262,8 @@ pub async fn serve<S: KvStore>(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let server = HttpServer::new(move || app(store.clone(), settings.clone()))
+    let metrics = Arc::new(HttpMetrics::default());
+    let server = HttpServer::new(move || app(store.clone(), settings.clone(), metrics.clone()))
         .workers(2)
         .disable_signals()
         .shutdown_timeout(10)

@@ -30,6 +30,8 @@ struct Fake {
     /// Incremented by every accepted write: proof that a request reached the store.
     index: Mutex<u64>,
     members: Mutex<Vec<String>>,
+    /// What `not_ready` answers.
+    not_ready: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -39,6 +41,7 @@ impl Fake {
             data: Mutex::new(BTreeMap::new()),
             index: Mutex::new(0),
             members: Mutex::new(vec!["node0".into()]),
+            not_ready: Mutex::new(None),
         })
     }
 
@@ -123,26 +126,87 @@ impl KvStore for Fake {
             applied_index: self.index(),
         }
     }
+
+    fn not_ready(&self) -> Option<String> {
+        self.not_ready.lock().unwrap().clone()
+    }
+
+    fn metrics(&self) -> NodeMetrics {
+        NodeMetrics {
+            status: self.status(),
+            ready: self.not_ready().is_none(),
+            last_log_index: 12,
+            purged_index: 2,
+            snapshot_index: 2,
+            snapshot_bytes: 4096,
+            replication_lag: vec![("node1".into(), 3), ("node2".into(), 0)],
+            rocksdb: vec![CfSize {
+                cf: "data".into(),
+                sst_bytes: 1000,
+                memtable_bytes: 200,
+            }],
+        }
+    }
+
+    async fn backup(&self, level: ReadLevel) -> Result<Backup, ApiError> {
+        if level != ReadLevel::Stale {
+            self.leader_check()?;
+        }
+        // The fake's "image": its pairs as lines, in an unlinked temporary file.
+        let image: String = self
+            .data
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "hraftd-fake-backup-{}-{}",
+            std::process::id(),
+            self.bump()
+        ));
+        std::fs::write(&path, &image).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        Ok(Backup {
+            file,
+            bytes: image.len() as u64,
+            applied_index: self.index(),
+            keys: self.data.lock().unwrap().len() as u64,
+        })
+    }
 }
 
-/// Sends one request to an app over `fake`; returns status, headers and JSON body.
+type Headers = actix_web::http::header::HeaderMap;
+
+/// Sends one request to an app made by `test::init_service`; evaluates to status,
+/// headers and the body's bytes. (A macro: the app's request type is actix-http's, which
+/// this crate does not name.)
+macro_rules! send {
+    ($app:expr, $method:expr, $uri:expr, $body:expr) => {{
+        let req = test::TestRequest::default()
+            .method($method)
+            .uri($uri)
+            .set_payload($body.to_vec())
+            .to_request();
+        let resp = test::call_service($app, req).await;
+        let status = resp.status();
+        let headers: Headers = resp.headers().clone();
+        let bytes = to_bytes(resp.into_body()).await.unwrap_or_default();
+        (status, headers, bytes.to_vec())
+    }};
+}
+
+/// Sends one request to a new app over `fake`; returns status, headers and JSON body.
 async fn call(
     fake: &Arc<Fake>,
     settings: Settings,
     method: Method,
     uri: &str,
     body: &[u8],
-) -> (StatusCode, actix_web::http::header::HeaderMap, Value) {
-    let app = test::init_service(app(fake.clone(), settings)).await;
-    let req = test::TestRequest::default()
-        .method(method.clone())
-        .uri(uri)
-        .set_payload(body.to_vec())
-        .to_request();
-    let resp = test::call_service(&app, req).await;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = to_bytes(resp.into_body()).await.unwrap_or_default();
+) -> (StatusCode, Headers, Value) {
+    let app = test::init_service(app(fake.clone(), settings, Arc::default())).await;
+    let (status, headers, bytes) = send!(&app, method.clone(), uri, body);
     let json = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("{method} {uri}: body is not JSON: {bytes:?}"));
     (status, headers, json)
@@ -397,4 +461,153 @@ async fn membership_and_status() {
     for field in ["term", "members", "commit_index", "applied_index"] {
         assert!(v.get(field).is_some(), "status lacks {field}: {v}");
     }
+}
+
+#[actix_web::test]
+async fn livez_and_readyz() {
+    let f = Fake::new(Mode::Follower { leader_http: None });
+    let (s, v) = req(&f, Method::GET, "/livez", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "live"})));
+    let (s, v) = req(&f, Method::GET, "/readyz", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "ready"})));
+    *f.not_ready.lock().unwrap() = Some("catching up: applied 3 of 9".into());
+    let (s, h, v) = call(&f, Settings::default(), Method::GET, "/readyz", b"").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&v, "not ready: catching up: applied 3 of 9");
+    assert_eq!(h.get("retry-after").unwrap(), "1");
+    // Liveness does not depend on readiness.
+    let (s, _) = req(&f, Method::GET, "/livez", "").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_and_show_the_node() {
+    let f = Fake::new(Mode::Leader);
+    let app = test::init_service(app(f.clone(), Settings::default(), Arc::default())).await;
+    send!(&app, Method::POST, "/key", br#"{"a":"1"}"#);
+    send!(&app, Method::GET, "/key/a", b"");
+    send!(&app, Method::GET, "/key/secret-key-name", b"");
+    send!(&app, Method::POST, "/key", b"not json");
+    send!(&app, Method::GET, "/nowhere", b"");
+    let (s, h, body) = send!(&app, Method::GET, "/metrics", b"");
+    assert_eq!(s, StatusCode::OK);
+    assert!(h
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let page = String::from_utf8(body).unwrap();
+    for line in [
+        r#"hraftd_http_requests_total{code="200",method="POST",route="/key"} 1"#,
+        r#"hraftd_http_requests_total{code="400",method="POST",route="/key"} 1"#,
+        r#"hraftd_http_requests_total{code="200",method="GET",route="/key/{key:.*}"} 1"#,
+        r#"hraftd_http_requests_total{code="404",method="GET",route="/key/{key:.*}"} 1"#,
+        r#"hraftd_http_requests_total{code="404",method="GET",route="unmatched"} 1"#,
+        r#"hraftd_http_request_duration_seconds_count{method="POST",route="/key"} 2"#,
+        r#"hraftd_raft_role{role="leader"} 1"#,
+        r#"hraftd_raft_role{role="follower"} 0"#,
+        "hraftd_raft_term 3",
+        "hraftd_raft_commit_index 1",
+        "hraftd_raft_log_entries 10",
+        r#"hraftd_raft_replication_lag_entries{follower="node1"} 3"#,
+        r#"hraftd_raft_replication_lag_entries{follower="node2"} 0"#,
+        "hraftd_snapshot_bytes 4096",
+        r#"hraftd_rocksdb_sst_bytes{cf="data"} 1000"#,
+        r#"hraftd_rocksdb_memtable_bytes{cf="data"} 200"#,
+        "hraftd_ready 1",
+    ] {
+        assert!(
+            page.lines().any(|l| l == line),
+            "no line {line:?} in\n{page}"
+        );
+    }
+    assert!(
+        !page.contains("secret-key-name"),
+        "keys must not become labels"
+    );
+}
+
+#[actix_web::test]
+async fn backup_streams_the_image_from_the_leader() {
+    let f = Fake::new(Mode::Leader);
+    req(&f, Method::POST, "/key", r#"{"a":"1","b":"2"}"#).await;
+    let app = test::init_service(app(f.clone(), Settings::default(), Arc::default())).await;
+    let (s, h, body) = send!(&app, Method::GET, "/backup", b"");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, b"a=1\nb=2\n");
+    assert_eq!(h.get("content-type").unwrap(), "application/octet-stream");
+    assert_eq!(h.get("x-hraftd-keys").unwrap(), "2");
+    assert_eq!(h.get("x-hraftd-applied-index").unwrap(), "2");
+    assert_eq!(
+        h.get("content-disposition").unwrap(),
+        "attachment; filename=\"hraftd-backup-2.snap\""
+    );
+    let (s, _, body) = send!(&app, Method::GET, "/backup?level=nonsense", b"");
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body:?}");
+
+    // A follower redirects by default, and serves its own image with level=stale.
+    *f.mode.lock().unwrap() = Mode::Follower {
+        leader_http: Some("10.0.0.1:11000".into()),
+    };
+    let (s, h, _) = send!(&app, Method::GET, "/backup", b"");
+    assert_eq!(s, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(h.get("location").unwrap(), "http://10.0.0.1:11000/backup");
+    let (s, _, body) = send!(&app, Method::GET, "/backup?level=stale", b"");
+    assert_eq!((s, body.as_slice()), (StatusCode::OK, &b"a=1\nb=2\n"[..]));
+}
+
+/// The OpenAPI document and the routes agree both ways: every documented operation is
+/// served, every other method on a documented path is `405`, and every route registered in
+/// `routes()` is documented.
+#[actix_web::test]
+async fn openapi_document_matches_the_routes() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    let paths = doc["paths"].as_object().expect("paths");
+    let f = Fake::new(Mode::Leader);
+    let app = test::init_service(app(f.clone(), Settings::default(), Arc::default())).await;
+    let (s, _, body) = send!(&app, Method::GET, "/openapi.json", b"");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), doc);
+
+    let methods = ["get", "post", "put", "delete", "patch"];
+    for (path, item) in paths {
+        let uri = path.replace("{key}", "k");
+        for m in methods {
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            let (s, _, body) = send!(&app, method, &uri, b"{}");
+            let text = String::from_utf8_lossy(&body);
+            if item.get(m).is_some() {
+                assert!(
+                    s != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no such endpoint"),
+                    "{m} {path} is documented but answered {s} {text}"
+                );
+            } else {
+                assert_eq!(
+                    s,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{m} {path} is not documented"
+                );
+            }
+        }
+    }
+
+    // The registered routes, read from the route table's source.
+    let src = include_str!("lib.rs");
+    let body = &src[src.find("pub fn routes").unwrap()..src.find("pub fn app").unwrap()];
+    let registered: Vec<String> = body
+        .split("web::resource(\"")
+        .skip(1)
+        .map(|r| r[..r.find('"').unwrap()].replace("{key:.*}", "{key}"))
+        .collect();
+    assert!(registered.len() >= 10, "{registered:?}");
+    let mut documented: Vec<&String> = paths.keys().collect();
+    documented.sort();
+    let mut reg: Vec<&String> = registered.iter().collect();
+    reg.sort();
+    assert_eq!(
+        reg, documented,
+        "routes() and openapi.json list different paths"
+    );
 }

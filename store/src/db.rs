@@ -47,3 +47,29 @@ pub(crate) fn sync_write() -> rocksdb::WriteOptions {
     w.set_sync(true);
     w
 }
+
+/// One column family's footprint, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CfSize {
+    pub name: &'static str,
+    /// Bytes in SST files on disk.
+    pub sst_bytes: u64,
+    /// Bytes in memtables (not yet flushed to SST files).
+    pub memtable_bytes: u64,
+}
+
+/// The size of every column family, from RocksDB's own properties.
+pub(crate) fn sizes(db: &rocksdb::DB) -> Vec<CfSize> {
+    [CF_LOGS, CF_RAFT_META, CF_DATA, CF_SM_META]
+        .into_iter()
+        .filter_map(|name| {
+            let cf = db.cf_handle(name)?;
+            let prop = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            Some(CfSize {
+                name,
+                sst_bytes: prop("rocksdb.total-sst-files-size"),
+                memtable_bytes: prop("rocksdb.size-all-mem-tables"),
+            })
+        })
+        .collect()
+}

@@ -12,6 +12,7 @@
 // everywhere would fight the trait signatures.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod batch;
 mod db;
 pub mod error;
@@ -22,10 +23,14 @@ mod snapshot;
 pub mod state_machine;
 pub mod types;
 
+pub use backup::Backup;
+pub use backup::BackupInfo;
+pub use db::CfSize;
 pub use error::Error;
 pub use error::Result;
 pub use node::stored_name;
 pub use node::Member;
+pub use node::Metrics;
 pub use node::Options;
 pub use node::ReadLevel;
 pub use node::Role;

@@ -333,13 +333,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// When this node last heard from a leader of its current term (entries or a heartbeat):
+/// after a restart, a stored vote names a leader that may be long gone, so knowing a leader
+/// is not the same as hearing from one. Shared by the transport and readiness.
+#[derive(Clone, Default)]
+pub(crate) struct LeaderContact(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl LeaderContact {
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// How long ago a leader was last heard from, if ever since start-up.
+    pub(crate) fn since(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+}
+
 /// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves. `on_removed` is
 /// called when the leader says this node has been removed (unless this node has since seen
 /// a newer membership that includes it: a notice delayed past a re-join is stale).
+/// Accepted appends are recorded in `contact`.
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft,
     on_removed: Arc<dyn Fn() + Send + Sync>,
+    contact: LeaderContact,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -359,8 +381,9 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let on_removed = on_removed.clone();
+        let contact = contact.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(stream, raft, on_removed).await {
+            if let Err(e) = serve_conn(stream, raft, on_removed, contact).await {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     log::debug!("raft transport: connection from {peer} closed: {e}");
                 }
@@ -373,12 +396,20 @@ async fn serve_conn(
     mut s: TcpStream,
     raft: Raft,
     on_removed: Arc<dyn Fn() + Send + Sync>,
+    contact: LeaderContact,
 ) -> io::Result<()> {
     loop {
         let body = read_frame(&mut s).await?;
         let req: PeerRequest = decode(&body)?;
         let resp = match req {
-            PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
+            PeerRequest::Append(r) => {
+                let resp = raft.append_entries(r).await;
+                // Anything but "your vote is stale" comes from the current leader.
+                if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    contact.touch();
+                }
+                PeerResponse::Append(resp)
+            }
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
             PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
             PeerRequest::Removed {

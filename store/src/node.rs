@@ -30,6 +30,7 @@ use crate::log_store::LogStore;
 use crate::network;
 use crate::network::Network;
 use crate::network::PeerRequest;
+use crate::snapshot;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
 use crate::types::node_id_for;
@@ -131,6 +132,24 @@ pub struct Status {
     pub applied_index: u64,
 }
 
+/// Numbers about this node for `/metrics`, read at one instant.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub status: Status,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// Entries up to this index have been purged from the log (covered by a snapshot).
+    pub purged_index: u64,
+    /// The last log index covered by this node's newest snapshot.
+    pub snapshot_index: u64,
+    /// The size of the newest snapshot file, in bytes.
+    pub snapshot_bytes: u64,
+    /// On the leader: each follower's name and how many entries it lags behind the log.
+    pub replication_lag: Vec<(String, u64)>,
+    /// RocksDB sizes by column family.
+    pub rocksdb: Vec<db::CfSize>,
+}
+
 /// A running hraftd node. Cheap to share behind an `Arc`.
 pub struct Store {
     raft: Raft,
@@ -144,6 +163,9 @@ pub struct Store {
     net: Network,
     /// Highest committed index, updated by the log store (openraft 0.9's metrics lack it).
     committed: Arc<AtomicU64>,
+    /// The committed index this node had saved when it started: it is not ready to serve
+    /// until it has applied that far (see [`Store::not_ready`]).
+    startup_commit: u64,
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
     /// The membership log index from which this node's own view of membership counts
@@ -151,6 +173,8 @@ pub struct Store {
     removal_floor: Arc<AtomicU64>,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
+    /// When a leader was last heard from; recorded by the transport, read by readiness.
+    contact: network::LeaderContact,
     /// Shares one leadership confirmation among concurrent consistent reads.
     reads: batch::ReadBarrier,
     /// Serializes membership changes on the leader, so concurrent joins queue up instead
@@ -208,13 +232,14 @@ impl Store {
             None => std::fs::write(dir.join("node-id"), format!("{}\n", opts.name))
                 .map_err(|e| Error::io("writing node-id", e))?,
         }
+        // Backups being built when the process last stopped are of no use to anyone.
+        let _ = std::fs::remove_dir_all(dir.join("backups"));
         let db = db::open(&dir.join("raft"))?;
         let committed = Arc::new(AtomicU64::new(0));
         let log_store = LogStore::new(db.clone(), committed.clone());
         let db_handle = db.clone();
-        if let Some(c) = log_store.saved_committed() {
-            committed.store(c.index, Ordering::Relaxed);
-        }
+        let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
+        committed.store(startup_commit, Ordering::Relaxed);
         let sm = StateMachine::open(db, dir.join("snapshots"))
             .map_err(|e| Error::io("opening state machine", e))?;
         let reader = sm.reader();
@@ -267,6 +292,8 @@ impl Store {
             reader,
             net,
             committed,
+            startup_commit,
+            contact: network::LeaderContact::default(),
             removed,
             removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -331,6 +358,7 @@ impl Store {
             listener,
             self.raft.clone(),
             on_removed,
+            self.contact.clone(),
             shutdown,
         ))
     }
@@ -361,6 +389,23 @@ impl Store {
 
     /// Reads `key` at `level`.
     pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
+        self.ensure_level(level).await?;
+        self.reader.get(key).await
+    }
+
+    /// Streams a consistent image of the applied state, taken at `level` (as for reads:
+    /// `Default` and `Consistent` only on the leader).
+    pub async fn backup(&self, level: ReadLevel) -> Result<crate::Backup> {
+        self.ensure_level(level).await?;
+        self.reader
+            .backup(self.opts.data_dir.join("backups"))
+            .await
+            .map_err(|e| Error::io("building a backup", e))
+    }
+
+    /// Fails unless this node may serve a read at `level` now; for `Consistent`, also waits
+    /// until it has applied everything committed before the read began.
+    async fn ensure_level(&self, level: ReadLevel) -> Result<()> {
         match level {
             ReadLevel::Stale => {}
             ReadLevel::Default => self.check_leader()?,
@@ -393,7 +438,7 @@ impl Store {
                 }
             }
         }
-        self.reader.get(key).await
+        Ok(())
     }
 
     /// Sets every pair in one log entry; returns its log index once applied.
@@ -639,6 +684,134 @@ impl Store {
             commit_index: self.committed.load(Ordering::Relaxed).max(applied),
             applied_index: applied,
         }
+    }
+
+    /// Why this node should not get traffic yet, if so: it must be the leader or have heard
+    /// from one recently, and have applied everything that was committed when it started.
+    pub fn not_ready(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        if m.state == ServerState::Shutdown {
+            return Some("shutting down".into());
+        }
+        // Heartbeats come every heartbeat_ms; two election timeouts without one means the
+        // leader is gone (or this node is cut off).
+        let recent = Duration::from_millis(2 * self.opts.election_timeout_ms.1);
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        let heard = self.contact.since().is_some_and(|t| t < recent);
+        if m.current_leader.is_none() || !(leads || heard) {
+            return Some("no leader known".into());
+        }
+        if applied < self.startup_commit {
+            return Some(format!(
+                "catching up: applied {applied} of the {} committed at start-up",
+                self.startup_commit
+            ));
+        }
+        None
+    }
+
+    /// Numbers for `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        let status = self.status();
+        let m = self.raft.metrics().borrow().clone();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let mem = m.membership_config.membership();
+        let replication_lag = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, matched)| {
+                let name = mem
+                    .get_node(id)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| id.to_string());
+                let matched = matched.map(|l| l.index).unwrap_or(0);
+                (name, last_log_index.saturating_sub(matched))
+            })
+            .collect();
+        let snapshot_bytes = std::fs::read_dir(self.opts.data_dir.join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some(snapshot::SUFFIX))
+            .filter_map(|e| e.metadata().ok().map(|md| md.len()))
+            .max()
+            .unwrap_or(0);
+        Metrics {
+            status,
+            last_log_index,
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            snapshot_bytes,
+            replication_lag,
+            rocksdb: db::sizes(&self.db),
+        }
+    }
+
+    /// Loads every pair of the backup at `path` through the Raft log (this node must lead),
+    /// then builds a snapshot so that nodes joining later catch up from it.
+    pub async fn restore(&self, path: &std::path::Path) -> Result<crate::BackupInfo> {
+        let info = crate::backup::verify(path)?;
+        let mut reader = crate::backup::BackupReader::open(path)?;
+        loop {
+            // Well under the 4 MiB a single append may carry to a follower.
+            let pairs = reader.next_chunk(256 << 10)?;
+            if pairs.is_empty() {
+                break;
+            }
+            self.set(pairs).await?;
+        }
+        let applied = self.status().applied_index;
+        self.raft.trigger().snapshot().await.map_err(fatal)?;
+        let t = Duration::from_secs(120);
+        self.raft
+            .wait(Some(t))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot of the restored state",
+            )
+            .await
+            .map_err(|e| Error::Timeout {
+                what: format!("building a snapshot of the restored state ({e})"),
+                after: t,
+            })?;
+        Ok(info)
+    }
+
+    /// Prepares a leader's stop: a last heartbeat (so followers learn the final commit
+    /// index), then a bounded wait until some voter holds this node's whole log, so that
+    /// the election after it stops has a complete candidate. Returns that voter's name.
+    ///
+    /// openraft 0.9 has no leadership transfer: the followers elect a new leader once this
+    /// node's lease (election_timeout_max) has lapsed after its last heartbeat.
+    pub async fn hand_off(&self, deadline: Duration) -> Option<String> {
+        if self.check_leader().is_err() {
+            return None;
+        }
+        let _ = self.raft.trigger().heartbeat().await;
+        let me = self.id;
+        let mut rx = self.raft.metrics();
+        let caught_up = rx.wait_for(|m| {
+            let last = m.last_log_index;
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            m.state != ServerState::Leader
+                || m.replication.iter().flatten().any(|(id, matched)| {
+                    *id != me && voters.contains(id) && matched.map(|l| l.index) >= last
+                })
+        });
+        let m = match tokio::time::timeout(deadline, caught_up).await {
+            Ok(Ok(m)) => m.clone(),
+            _ => return None,
+        };
+        let last = m.last_log_index;
+        let mem = m.membership_config.membership();
+        m.replication
+            .iter()
+            .flatten()
+            .find(|(id, matched)| **id != me && matched.map(|l| l.index) >= last)
+            .and_then(|(id, _)| mem.get_node(id).map(|n| n.name.clone()))
     }
 
     /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.

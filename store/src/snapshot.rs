@@ -58,12 +58,13 @@ pub(crate) fn read_applied(
 }
 
 /// Writes a snapshot file into `dir` from `snap`, a point-in-time view of `db`, under a
-/// temporary name; [`publish`] moves it into place. Blocking.
+/// temporary name; [`publish`] moves it into place. Returns its metadata, path and record
+/// count. Blocking.
 pub(crate) fn build(
     db: &DB,
     snap: &rocksdb::Snapshot<'_>,
     dir: &Path,
-) -> io::Result<(SnapshotMeta, PathBuf)> {
+) -> io::Result<(SnapshotMeta, PathBuf, u64)> {
     let sm_meta = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
     let data = db.cf_handle(db::CF_DATA).expect("data column family");
     let (last_applied, membership) = read_applied(|k| snap.get_cf(sm_meta, k))?;
@@ -95,7 +96,7 @@ pub(crate) fn build(
     w.write_all(&crc.finalize().to_be_bytes())?;
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    Ok((meta, tmp))
+    Ok((meta, tmp, count))
 }
 
 /// Renames a complete, fsynced file into place as the snapshot `meta` and syncs the
@@ -250,11 +251,11 @@ impl Write for CrcSink<'_> {
 }
 
 /// Reads a whole snapshot file, checking its structure, count and checksum, without
-/// holding more than a buffer in memory. Returns its metadata.
-pub(crate) fn verify(path: &Path) -> io::Result<SnapshotMeta> {
+/// holding more than a buffer in memory. Returns its metadata and record count.
+pub(crate) fn verify(path: &Path) -> io::Result<(SnapshotMeta, u64)> {
     let mut r = Reader::open(path)?;
     while r.advance(None)? {}
-    Ok(r.meta)
+    Ok((r.meta, r.seen))
 }
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {

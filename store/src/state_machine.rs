@@ -22,6 +22,8 @@ use openraft::StorageIOError;
 use rocksdb::WriteBatch;
 use rocksdb::DB;
 
+use crate::backup;
+use crate::backup::Backup;
 use crate::db;
 use crate::snapshot;
 use crate::snapshot::KEY_LAST_APPLIED;
@@ -66,6 +68,24 @@ pub struct StateReader {
 }
 
 impl StateReader {
+    /// Writes a point-in-time image of the applied state (never a half-installed one) into
+    /// a private directory under `dir`, and hands it out open and unlinked.
+    pub(crate) async fn backup(&self, dir: PathBuf) -> io::Result<Backup> {
+        let guard = self.install.clone().read_owned().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let snap = db.snapshot();
+            drop(guard);
+            std::fs::create_dir_all(&dir)?;
+            let tmp = tempfile::tempdir_in(&dir)?;
+            let (meta, path, keys) = snapshot::build(&db, &snap, tmp.path())?;
+            let applied = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+            backup::handed_out(&path, applied, keys)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// The value of `key` in the locally applied state.
     pub async fn get(&self, key: &str) -> crate::Result<Option<String>> {
         let _guard = self.install.read().await;
@@ -223,7 +243,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let _guard = install.blocking_read();
                 db.snapshot()
             };
-            let (meta, tmp) = snapshot::build(&db, &snap, &dir)?;
+            let (meta, tmp, _) = snapshot::build(&db, &snap, &dir)?;
             drop(snap);
             let _files = lock_files(&files);
             let path = snapshot::publish(&tmp, &dir, &meta)?;
@@ -377,7 +397,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (install, files) = (self.reader.install.clone(), self.files.clone());
         let want = meta.clone();
         tokio::task::spawn_blocking(move || {
-            let got = snapshot::verify(&incoming)?;
+            let (got, _) = snapshot::verify(&incoming)?;
             if got.snapshot_id != want.snapshot_id || got.last_log_id != want.last_log_id {
                 return Err(io::Error::other(format!(
                     "received snapshot {} does not match {}",

@@ -148,6 +148,14 @@ impl TestCluster {
 
     /// Adds and starts a node; with `join`, it joins via that node's HTTP address.
     pub fn add_node(&mut self, join: Option<usize>) -> usize {
+        let i = self.new_node();
+        let join = join.map(|j| self.nodes[j].http.clone());
+        self.spawn(i, join.as_deref());
+        i
+    }
+
+    /// Adds a node (name, ports, directory) without starting it.
+    pub fn new_node(&mut self) -> usize {
         let i = self.nodes.len();
         let node = TestNode {
             name: format!("node{i}"),
@@ -159,8 +167,6 @@ impl TestCluster {
             child: None,
         };
         self.nodes.push(node);
-        let join = join.map(|j| self.nodes[j].http.clone());
-        self.spawn(i, join.as_deref());
         i
     }
 
@@ -204,6 +210,14 @@ impl TestCluster {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+    }
+
+    /// Sends SIGTERM to node `i` (a graceful stop); the caller waits for the exit.
+    pub fn terminate(&self, i: usize) {
+        let c = self.nodes[i].child.as_ref().expect("node is running");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        let r = unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(r, 0, "SIGTERM to {}", self.nodes[i].name);
     }
 
     /// Restarts node `i` on its data dir with only its addresses (no `-join`).

@@ -1,0 +1,64 @@
+//! Operator endpoints: `/livez` and `/readyz` for orchestrators, `/backup` for a
+//! consistent image of the data, and `/openapi.json`, the API's own description.
+
+use actix_web::http::header;
+use actix_web::web;
+use actix_web::HttpRequest;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::error::Rejection;
+use crate::key;
+use crate::KvStore;
+
+/// The OpenAPI 3 document of this API, kept in the repository beside this crate.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /livez`: the process is up and serving HTTP.
+pub(crate) async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+/// `GET /readyz`: `200` once this node knows a leader and has applied what was committed
+/// when it started; `503` with the reason before that.
+pub(crate) async fn readyz<S: KvStore>(
+    store: web::Data<S>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Rejection> {
+    match store.not_ready() {
+        None => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
+        Some(why) => Err(ApiError::Unavailable(format!("not ready: {why}")).at(&req)),
+    }
+}
+
+/// `GET /backup[?level=]`: streams a consistent image of the state machine, by default
+/// from the leader (a follower redirects); `level=stale` takes it from this node.
+pub(crate) async fn backup<S: KvStore>(
+    store: web::Data<S>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Rejection> {
+    let level = key::query_level(&req).map_err(|e| e.at(&req))?;
+    let b = store.backup(level).await.map_err(|e| e.at(&req))?;
+    let file = tokio::fs::File::from_std(b.file);
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"hraftd-backup-{}.snap\"",
+                b.applied_index
+            ),
+        ))
+        .insert_header(("X-Hraftd-Applied-Index", b.applied_index.to_string()))
+        .insert_header(("X-Hraftd-Keys", b.keys.to_string()))
+        .no_chunking(b.bytes)
+        .streaming(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)))
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
