@@ -12,7 +12,12 @@ use clap::Parser;
 /// The first node bootstraps a cluster; others join it with -join. A node restarted on
 /// its DATA_DIR resumes with the state there and ignores -join.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "hraftd", version)]
+#[command(
+    name = "hraftd",
+    version,
+    after_help = "To seed a new single-node cluster from a backup (GET /backup):\n  \
+                  hraftd restore --from FILE [flags] DATA_DIR"
+)]
 pub struct Args {
     /// Node ID (a string). Default: the ID stored in DATA_DIR, else the advertised Raft address.
     #[arg(long)]

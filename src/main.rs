@@ -58,8 +58,11 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     // 1. Flags and logging; `hraftd restore ...` is its own short sequence.
     let argv: Vec<String> = std::env::args().collect();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if argv.get(1).map(String::as_str) == Some("restore") {
+    let is_restore = argv.get(1).map(String::as_str) == Some("restore");
+    // A node logs its progress; the one-shot restore only what goes wrong.
+    let level = if is_restore { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if is_restore {
         let rest = argv[..1].iter().chain(&argv[2..]).cloned();
         return restore::run(restore::RestoreArgs::parse_from(cli::go_style(rest))).await;
     }

@@ -22,7 +22,7 @@ use crate::cli::Args;
 /// Seed a new single-node cluster in DATA_DIR from a backup file (GET /backup). Give the
 /// flags the node will later run with: its id and addresses are recorded in the cluster.
 #[derive(Debug, Parser)]
-#[command(name = "hraftd restore")]
+#[command(name = "hraftd restore", bin_name = "hraftd restore")]
 pub struct RestoreArgs {
     /// The backup file to restore.
     #[arg(long)]
