@@ -307,6 +307,19 @@ async fn sigterm_on_the_leader_keeps_every_acknowledged_write_and_a_new_leader_t
     c.terminate(old);
     c.must_exit_cleanly(old, Duration::from_secs(30)).await;
     let stopped_after = t0.elapsed();
+    // Told that the leader stopped, followers send clients nowhere until a new leader is
+    // elected: 503 (retry), never a redirect to the stopped node.
+    for f in (0..3).filter(|&f| f != old) {
+        let (st, h, v) = c.raw(f, Method::POST, "/key", r#"{"probe":"1"}"#).await;
+        let to = h.get("location").map(|l| l.to_str().unwrap().to_string());
+        assert!(
+            st == StatusCode::SERVICE_UNAVAILABLE
+                || st == StatusCode::OK
+                || (st == StatusCode::TEMPORARY_REDIRECT
+                    && !to.as_deref().unwrap_or("").contains(&c.nodes[old].http)),
+            "node{f} answered {st} {to:?} {v} after the leader stopped"
+        );
+    }
     let new = c.must_leader().await;
     let elected_after = t0.elapsed();
     assert_ne!(new, old);

@@ -66,6 +66,12 @@ pub(crate) enum PeerRequest {
         node_id: NodeId,
         membership_index: u64,
     },
+    /// The leader of `term` is stopping (a graceful shutdown): followers stop sending
+    /// clients to it until a new leader is elected.
+    LeaderStopping {
+        node_id: NodeId,
+        term: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -333,23 +339,39 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// When this node last heard from a leader of its current term (entries or a heartbeat):
-/// after a restart, a stored vote names a leader that may be long gone, so knowing a leader
-/// is not the same as hearing from one. Shared by the transport and readiness.
+/// What this node has heard from leaders, beyond what openraft tracks. Shared by the
+/// transport (which records it) and the `Store` (readiness, redirects).
 #[derive(Clone, Default)]
-pub(crate) struct LeaderContact(Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+pub(crate) struct LeaderContact(Arc<std::sync::Mutex<ContactState>>);
+
+#[derive(Default)]
+struct ContactState {
+    /// When entries or a heartbeat were last accepted from a leader. After a restart, a
+    /// stored vote names a leader that may be long gone, so knowing a leader is not the
+    /// same as hearing from one.
+    last: Option<std::time::Instant>,
+    /// A leader that said it is stopping, and its term: until a new term, it is no leader
+    /// to send clients to.
+    stopped: Option<(NodeId, u64)>,
+}
 
 impl LeaderContact {
+    fn state(&self) -> std::sync::MutexGuard<'_, ContactState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn touch(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        self.state().last = Some(std::time::Instant::now());
     }
 
     /// How long ago a leader was last heard from, if ever since start-up.
     pub(crate) fn since(&self) -> Option<Duration> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
+        self.state().last.map(|t| t.elapsed())
+    }
+
+    /// Whether `leader` said it was stopping while leading in `term`.
+    pub(crate) fn has_stopped(&self, leader: NodeId, term: u64) -> bool {
+        self.state().stopped == Some((leader, term))
     }
 }
 
@@ -427,6 +449,11 @@ async fn serve_conn(
                     log::warn!("the leader says this node was removed from the cluster");
                     on_removed();
                 }
+                PeerResponse::Ack
+            }
+            PeerRequest::LeaderStopping { node_id, term } => {
+                log::info!("the leader says it is stopping; waiting for a new one");
+                contact.state().stopped = Some((node_id, term));
                 PeerResponse::Ack
             }
         };

@@ -494,6 +494,9 @@ impl Store {
         let m = self.raft.metrics();
         let m = m.borrow();
         let id = m.current_leader?;
+        if self.contact.has_stopped(id, m.current_term) {
+            return None;
+        }
         m.membership_config.membership().get_node(&id).cloned()
     }
 
@@ -679,7 +682,10 @@ impl Store {
             name: self.me.name.clone(),
             role,
             term: m.current_term,
-            leader: m.current_leader.and_then(|id| mem.get_node(&id).cloned()),
+            leader: m
+                .current_leader
+                .filter(|id| !self.contact.has_stopped(*id, m.current_term))
+                .and_then(|id| mem.get_node(&id).cloned()),
             members,
             commit_index: self.committed.load(Ordering::Relaxed).max(applied),
             applied_index: applied,
@@ -699,7 +705,10 @@ impl Store {
         let recent = Duration::from_millis(2 * self.opts.election_timeout_ms.1);
         let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id);
         let heard = self.contact.since().is_some_and(|t| t < recent);
-        if m.current_leader.is_none() || !(leads || heard) {
+        let stopped = m
+            .current_leader
+            .is_some_and(|id| self.contact.has_stopped(id, m.current_term));
+        if m.current_leader.is_none() || stopped || !(leads || heard) {
             return Some("no leader known".into());
         }
         if applied < self.startup_commit {
@@ -781,8 +790,9 @@ impl Store {
     }
 
     /// Prepares a leader's stop: a last heartbeat (so followers learn the final commit
-    /// index), then a bounded wait until some voter holds this node's whole log, so that
-    /// the election after it stops has a complete candidate. Returns that voter's name.
+    /// index), a bounded wait until some voter holds this node's whole log, so that the
+    /// election after it stops has a complete candidate, and a notice to every member that
+    /// it is stopping. Returns the name of the voter that holds the whole log.
     ///
     /// openraft 0.9 has no leadership transfer: the followers elect a new leader once this
     /// node's lease (election_timeout_max) has lapsed after its last heartbeat.
@@ -803,10 +813,21 @@ impl Store {
         });
         let m = match tokio::time::timeout(deadline, caught_up).await {
             Ok(Ok(m)) => m.clone(),
-            _ => return None,
+            _ => self.raft.metrics().borrow().clone(),
         };
-        let last = m.last_log_index;
+        // Tell the others, so that until they elect a new leader they answer clients
+        // "no leader" (503, retry) instead of redirecting them here.
+        let req = PeerRequest::LeaderStopping {
+            node_id: me,
+            term: m.current_term,
+        };
         let mem = m.membership_config.membership();
+        let told = mem.nodes().filter(|(id, _)| **id != me).map(|(_, n)| {
+            self.net
+                .call(&n.raft_addr, &req, Duration::from_millis(500))
+        });
+        futures::future::join_all(told).await;
+        let last = m.last_log_index;
         m.replication
             .iter()
             .flatten()
