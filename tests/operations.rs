@@ -359,3 +359,17 @@ async fn sigterm_on_the_leader_keeps_every_acknowledged_write_and_a_new_leader_t
         c.must_see(old, k, "v").await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_on_a_single_node_stops_promptly_and_keeps_its_data() {
+    let mut c = TestCluster::start(1, &[]).await;
+    c.must_put(0, "k", "v").await;
+    let t0 = Instant::now();
+    c.terminate(0);
+    // Nobody to hand off to: no waiting for a voter that does not exist.
+    c.must_exit_cleanly(0, Duration::from_secs(4)).await;
+    eprintln!("single node exited {:?} after SIGTERM", t0.elapsed());
+    c.restart(0);
+    c.must_leader().await;
+    assert_eq!(c.must_get(0, "k", "consistent").await.as_deref(), Some("v"));
+}

@@ -805,11 +805,19 @@ impl Store {
         let mut rx = self.raft.metrics();
         let caught_up = rx.wait_for(|m| {
             let last = m.last_log_index;
-            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let others: BTreeSet<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != me)
+                .collect();
+            // A single voter has nobody to wait for.
             m.state != ServerState::Leader
-                || m.replication.iter().flatten().any(|(id, matched)| {
-                    *id != me && voters.contains(id) && matched.map(|l| l.index) >= last
-                })
+                || others.is_empty()
+                || m.replication
+                    .iter()
+                    .flatten()
+                    .any(|(id, matched)| others.contains(id) && matched.map(|l| l.index) >= last)
         });
         let m = match tokio::time::timeout(deadline, caught_up).await {
             Ok(Ok(m)) => m.clone(),
