@@ -173,7 +173,8 @@ pub struct Store {
     removal_floor: Arc<AtomicU64>,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
-    /// When a leader was last heard from; recorded by the transport, read by readiness.
+    /// When a leader was last heard from, and which said it is stopping; recorded by the
+    /// transport, read by readiness and redirects.
     contact: network::LeaderContact,
     /// Shares one leadership confirmation among concurrent consistent reads.
     reads: batch::ReadBarrier,
@@ -493,11 +494,14 @@ impl Store {
     pub fn leader(&self) -> Option<Node> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let id = m.current_leader?;
-        if self.contact.has_stopped(id, m.current_term) {
-            return None;
-        }
+        let id = self.live_leader(&m)?;
         m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// openraft's current leader, unless that leader has told us it is stopping.
+    fn live_leader(&self, m: &openraft::RaftMetrics<NodeId, Node>) -> Option<NodeId> {
+        m.current_leader
+            .filter(|id| !self.contact.has_stopped(*id, m.current_term))
     }
 
     /// Adds a node: as a learner, then, once it has caught up, as a voter. Idempotent for
@@ -682,9 +686,8 @@ impl Store {
             name: self.me.name.clone(),
             role,
             term: m.current_term,
-            leader: m
-                .current_leader
-                .filter(|id| !self.contact.has_stopped(*id, m.current_term))
+            leader: self
+                .live_leader(&m)
                 .and_then(|id| mem.get_node(&id).cloned()),
             members,
             commit_index: self.committed.load(Ordering::Relaxed).max(applied),
@@ -705,10 +708,7 @@ impl Store {
         let recent = Duration::from_millis(2 * self.opts.election_timeout_ms.1);
         let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id);
         let heard = self.contact.since().is_some_and(|t| t < recent);
-        let stopped = m
-            .current_leader
-            .is_some_and(|id| self.contact.has_stopped(id, m.current_term));
-        if m.current_leader.is_none() || stopped || !(leads || heard) {
+        if self.live_leader(&m).is_none() || !(leads || heard) {
             return Some("no leader known".into());
         }
         if applied < self.startup_commit {
@@ -804,20 +804,12 @@ impl Store {
         let me = self.id;
         let mut rx = self.raft.metrics();
         let caught_up = rx.wait_for(|m| {
-            let last = m.last_log_index;
-            let others: BTreeSet<NodeId> = m
+            let single_voter = m
                 .membership_config
                 .membership()
                 .voter_ids()
-                .filter(|v| *v != me)
-                .collect();
-            // A single voter has nobody to wait for.
-            m.state != ServerState::Leader
-                || others.is_empty()
-                || m.replication
-                    .iter()
-                    .flatten()
-                    .any(|(id, matched)| others.contains(id) && matched.map(|l| l.index) >= last)
+                .all(|v| v == me);
+            m.state != ServerState::Leader || single_voter || full_log_voter(m, me).is_some()
         });
         let m = match tokio::time::timeout(deadline, caught_up).await {
             Ok(Ok(m)) => m.clone(),
@@ -835,12 +827,7 @@ impl Store {
                 .call(&n.raft_addr, &req, Duration::from_millis(500))
         });
         futures::future::join_all(told).await;
-        let last = m.last_log_index;
-        m.replication
-            .iter()
-            .flatten()
-            .find(|(id, matched)| **id != me && matched.map(|l| l.index) >= last)
-            .and_then(|(id, _)| mem.get_node(id).map(|n| n.name.clone()))
+        full_log_voter(&m, me).and_then(|id| mem.get_node(&id).map(|n| n.name.clone()))
     }
 
     /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
@@ -861,6 +848,18 @@ impl Store {
             Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
         }
     }
+}
+
+/// A voter other than `me` that, as the leader's replication metrics say, holds the
+/// leader's whole log.
+fn full_log_voter(m: &openraft::RaftMetrics<NodeId, Node>, me: NodeId) -> Option<NodeId> {
+    let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let last = m.last_log_index;
+    m.replication
+        .iter()
+        .flatten()
+        .find(|(id, matched)| **id != me && voters.contains(id) && matched.map(|l| l.index) >= last)
+        .map(|(id, _)| *id)
 }
 
 fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
