@@ -3,7 +3,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +31,17 @@ fn sample(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
                 && labels.iter().all(|want| series.contains(want))
         })
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Runs `hraftd restore --from FILE FLAGS DIR` to completion.
+fn restore(file: &Path, flags: &[&str], dir: &Path) -> Output {
+    Command::new(bin())
+        .args(["restore", "--from"])
+        .arg(file)
+        .args(flags)
+        .arg(dir)
+        .output()
+        .expect("run hraftd restore")
 }
 
 async fn text(c: &TestCluster, i: usize, path: &str) -> (StatusCode, String) {
@@ -195,12 +208,7 @@ async fn backup_from_a_follower_restores_into_a_new_cluster_that_others_join() {
     b[mid] ^= 0xff;
     std::fs::write(&bad, &b).unwrap();
     let bad_dir = c.tmp.path().join("never");
-    let out = Command::new(bin())
-        .args(["restore", "--from"])
-        .arg(&bad)
-        .arg(&bad_dir)
-        .output()
-        .unwrap();
+    let out = restore(&bad, &[], &bad_dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a valid hraftd backup"), "{err}");
@@ -210,15 +218,10 @@ async fn backup_from_a_follower_restores_into_a_new_cluster_that_others_join() {
     let mut r = TestCluster::empty(&[]);
     let n = r.new_node();
     let node = &r.nodes[n];
-    let out = Command::new(bin())
-        .args(["restore", "--from"])
-        .arg(&file)
-        .args([
-            "-id", &node.name, "-haddr", &node.http, "-raddr", &node.raft,
-        ])
-        .arg(&node.dir)
-        .output()
-        .unwrap();
+    let flags = [
+        "-id", &node.name, "-haddr", &node.http, "-raddr", &node.raft,
+    ];
+    let out = restore(&file, &flags, &node.dir);
     assert!(
         out.status.success(),
         "restore failed: {}",
@@ -227,12 +230,7 @@ async fn backup_from_a_follower_restores_into_a_new_cluster_that_others_join() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("restored 10000 keys"), "{said}");
     // Restoring twice into the same directory is refused.
-    let again = Command::new(bin())
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg(&node.dir)
-        .output()
-        .unwrap();
+    let again = restore(&file, &flags, &node.dir);
     assert!(!again.status.success());
 
     r.restart(n);
