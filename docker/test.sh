@@ -3,9 +3,9 @@
 #
 #   docker/test.sh            # engine -> base images -> image -> compose test
 #
-# 1. A Docker engine: installs Debian's docker.io, docker-compose and debootstrap when
-#    missing and starts dockerd when none answers (and stops it again at the end). Where no
-#    engine can be started at all, it says so and exits 0 (skipped).
+# 1. A Docker engine: installs Debian's docker.io, docker-compose, debootstrap, curl and
+#    python3 when missing, and starts dockerd when none answers (and stops it again at the
+#    end). Where no engine can be started at all, it says so and exits 0 (skipped).
 # 2. Base images: on a machine that can pull, the Dockerfile's FROM images come from the
 #    registry as usual. Where none can be pulled (as here: no registry), it makes them
 #    locally under exactly the tags the Dockerfile names: debian:bookworm-slim by
@@ -36,6 +36,8 @@ need=()
 command -v docker >/dev/null || need+=(docker.io)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   need+=(docker-compose)
 fi
