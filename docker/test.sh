@@ -58,6 +58,7 @@ cleanup() {
     compose logs --no-color >"$WORK/compose.log" 2>&1 || true
     compose down -v --remove-orphans >/dev/null 2>&1 || true
   fi
+  [ -n "${made_key:-}" ] && rm -f cluster.key
   if [ -n "$started_dockerd" ]; then
     kill "$started_dockerd" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 1; done
@@ -194,6 +195,13 @@ expect() { # expect WHAT GOT WANT
   say "ok: $1"
 }
 
+say "a cluster key for the compose cluster (./cluster.key, readable by the image's user)"
+rm -f cluster.key
+made_key=1
+docker run --rm --user 0 -v "$PWD:/k" "$IMAGE" gen-key /k/cluster.key >/dev/null ||
+  fail "hraftd gen-key in the image failed"
+chown 10001 cluster.key
+
 say "docker-compose up"
 compose_up=1
 compose up -d --no-build >"$WORK/compose-up.log" 2>&1 || {
@@ -203,6 +211,7 @@ compose up -d --no-build >"$WORK/compose-up.log" 2>&1 || {
 wait_for "3 voters in node1's /status" 120 '[ "$(voters node1)" = 3 ]'
 wait_for "node1 /readyz" 30 'curl -sf "http://127.0.0.1:${port[node1]}/readyz"'
 expect "leader is node1" "$(leader_of node1)" node1
+expect "peers authenticate with the cluster key" "$(status node2 | field 'd["peer_auth"]')" cluster-key
 
 put node1 '{"user1":"batman","user2":"robin"}'
 for s in node2 node3; do

@@ -14,6 +14,7 @@ use hraftd_httpd::NodeMetrics;
 use hraftd_httpd::ReadLevel;
 use hraftd_httpd::Status;
 use hraftd_store::Error;
+use hraftd_store::JoinProof;
 use hraftd_store::Node;
 use hraftd_store::Store;
 
@@ -28,7 +29,9 @@ fn api_error(e: Error) -> ApiError {
         Error::Timeout { .. } => ApiError::Timeout(e.to_string()),
         Error::Unavailable(_) | Error::ShuttingDown => ApiError::Unavailable(e.to_string()),
         Error::Invalid(m) => ApiError::BadRequest(m),
+        Error::TooLarge(m) => ApiError::TooLarge(m),
         Error::NotFound(m) => ApiError::NotFound(m),
+        Error::Forbidden(m) => ApiError::Forbidden(m),
         Error::Conflict(m) => ApiError::Conflict(m),
         Error::Storage(_) | Error::Io { .. } | Error::Raft(_) => ApiError::Internal(e.to_string()),
     }
@@ -63,6 +66,13 @@ impl KvStore for Api {
         self.0.delete(key).await.map_err(api_error)
     }
 
+    fn check_join(&self, proof: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+        match self.0.peer_auth().cluster_key() {
+            Some(key) => JoinProof::check(key, proof, body).map_err(ApiError::Forbidden),
+            None => Ok(()),
+        }
+    }
+
     async fn join(&self, req: JoinRequest) -> Result<u64, ApiError> {
         let node = Node {
             name: req.id,
@@ -77,17 +87,21 @@ impl KvStore for Api {
     }
 
     fn status(&self) -> Status {
-        status(self.0.status())
+        status(self.0.status(), &self.0)
     }
 
     fn not_ready(&self) -> Option<String> {
         self.0.not_ready()
     }
 
+    fn not_live(&self) -> Option<String> {
+        self.0.not_live()
+    }
+
     fn metrics(&self) -> NodeMetrics {
         let m = self.0.metrics();
         NodeMetrics {
-            status: status(m.status),
+            status: status(m.status, &self.0),
             ready: self.0.not_ready().is_none(),
             last_log_index: m.last_log_index,
             purged_index: m.purged_index,
@@ -103,21 +117,23 @@ impl KvStore for Api {
                     memtable_bytes: c.memtable_bytes,
                 })
                 .collect(),
+            peer_rejected: m.peer_rejected,
         }
     }
 
     async fn backup(&self, l: ReadLevel) -> Result<Backup, ApiError> {
-        let b = self.0.backup(level(l)).await.map_err(api_error)?;
+        let (b, permit) = self.0.backup(level(l)).await.map_err(api_error)?;
         Ok(Backup {
             file: b.file,
             bytes: b.bytes,
             applied_index: b.applied_index,
             keys: b.keys,
+            permit: Some(Box::new(permit)),
         })
     }
 }
 
-fn status(s: hraftd_store::Status) -> Status {
+fn status(s: hraftd_store::Status, store: &Store) -> Status {
     Status {
         id: s.name,
         role: s.role.as_str().to_string(),
@@ -135,5 +151,6 @@ fn status(s: hraftd_store::Status) -> Status {
             .collect(),
         commit_index: s.commit_index,
         applied_index: s.applied_index,
+        peer_auth: store.peer_auth().mode().to_string(),
     }
 }

@@ -3,9 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
+use hraftd_store::ClusterKey;
+use hraftd_store::Mtls;
+use hraftd_store::Options;
+use hraftd_store::PeerAuth;
 
 /// hraftd: a replicated key-value store. One Raft node per process, served over HTTP.
 ///
@@ -16,7 +23,9 @@ use clap::Parser;
     name = "hraftd",
     version,
     after_help = "To seed a new single-node cluster from a backup (GET /backup):\n  \
-                  hraftd restore --from FILE [flags] DATA_DIR"
+                  hraftd restore --from FILE [flags] DATA_DIR\n\
+                  To make a cluster key for -cluster-key (mode 0600):\n  \
+                  hraftd gen-key FILE"
 )]
 pub struct Args {
     /// Node ID (a string). Default: the ID stored in DATA_DIR, else the advertised Raft address.
@@ -48,6 +57,22 @@ pub struct Args {
     /// Seconds a write waits to commit before answering "outcome unknown".
     #[arg(long = "write-timeout", default_value_t = 5)]
     pub write_timeout: u64,
+    /// Longest key accepted, in bytes; longer keys get 400 on every write and read.
+    #[arg(long = "max-key-bytes", default_value_t = 4096)]
+    pub max_key_bytes: usize,
+    /// File holding the cluster's shared secret (at least 16 bytes; see `hraftd gen-key`).
+    /// Every peer connection and /join must prove it holds the same key.
+    #[arg(long = "cluster-key", value_name = "FILE")]
+    pub cluster_key: Option<PathBuf>,
+    /// This node's certificate (PEM) for mutual TLS on the Raft port; with -peer-key and -peer-ca.
+    #[arg(long = "peer-cert", value_name = "FILE")]
+    pub peer_cert: Option<PathBuf>,
+    /// This node's private key (PEM) for mutual TLS on the Raft port.
+    #[arg(long = "peer-key", value_name = "FILE")]
+    pub peer_key: Option<PathBuf>,
+    /// The CA (PEM) that signs every member's peer certificate.
+    #[arg(long = "peer-ca", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
     /// Seconds to keep retrying -join before giving up.
     #[arg(long = "join-timeout", default_value_t = 120)]
     pub join_timeout: u64,
@@ -146,6 +171,38 @@ pub fn identity(
         (None, None) => radv.clone(),
     };
     Ok((name, radv, hadv))
+}
+
+/// How this node authenticates peers, from -cluster-key or -peer-cert/-peer-key/-peer-ca.
+pub fn peer_auth(args: &Args) -> anyhow::Result<PeerAuth> {
+    let tls = [&args.peer_cert, &args.peer_key, &args.peer_ca];
+    let tls_given = tls.iter().filter(|f| f.is_some()).count();
+    match (&args.cluster_key, tls_given) {
+        (Some(_), n) if n > 0 => {
+            bail!("use either -cluster-key or -peer-cert/-peer-key/-peer-ca, not both")
+        }
+        (Some(path), _) => Ok(PeerAuth::ClusterKey(Arc::new(ClusterKey::load(path)?))),
+        (None, 0) => Ok(PeerAuth::None),
+        (None, 3) => {
+            let f = |o: &Option<PathBuf>| o.clone().expect("checked");
+            Ok(PeerAuth::Mtls(Arc::new(Mtls::load(
+                &f(&args.peer_cert),
+                &f(&args.peer_key),
+                &f(&args.peer_ca),
+            )?)))
+        }
+        (None, _) => bail!("mutual TLS needs all of -peer-cert, -peer-key and -peer-ca"),
+    }
+}
+
+/// The store's options for a node started with `args` under this identity.
+pub fn node_options(args: &Args, name: &str, radv: &str, hadv: &str) -> anyhow::Result<Options> {
+    let mut opts = Options::new(name, radv, hadv, &args.data_dir);
+    opts.snapshot_threshold = args.snapshot_threshold;
+    opts.write_timeout = Duration::from_secs(args.write_timeout.max(1));
+    opts.read_timeout = opts.write_timeout;
+    opts.peer_auth = peer_auth(args)?;
+    Ok(opts)
 }
 
 /// A `-join` target as a dialable address (`:11000` means this host).

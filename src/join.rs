@@ -5,6 +5,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::bail;
+use hraftd_store::JoinProof;
+use hraftd_store::PeerAuth;
 use serde_json::json;
 
 use crate::cli::dial_addr;
@@ -19,6 +21,7 @@ pub async fn join(
     id: &str,
     raft_addr: &str,
     http_addr: &str,
+    auth: &PeerAuth,
     deadline: Duration,
 ) -> anyhow::Result<u64> {
     let client = reqwest::Client::builder()
@@ -26,14 +29,22 @@ pub async fn join(
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))
         .build()?;
-    let body = json!({ "id": id, "addr": raft_addr, "http_addr": http_addr });
+    let body = serde_json::to_vec(&json!({ "id": id, "addr": raft_addr, "http_addr": http_addr }))?;
     let start = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let mut last_error = String::from("no attempt made");
     loop {
         for target in targets {
             let url = format!("http://{}/join", dial_addr(target));
-            match client.post(&url).json(&body).send().await {
+            let mut req = client
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(body.clone());
+            // Signed afresh for each attempt: a proof is only valid for a few minutes.
+            if let Some(key) = auth.cluster_key() {
+                req = req.header(JoinProof::HEADER, JoinProof::make(key, &body));
+            }
+            match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     let body: serde_json::Value = resp.json().await.unwrap_or_default();
                     let index = body["index"].as_u64().unwrap_or(0);
@@ -44,7 +55,7 @@ pub async fn join(
                     let status = resp.status();
                     let text = resp.text().await.unwrap_or_default();
                     last_error = format!("{url}: {status} {text}");
-                    if status.as_u16() == 400 {
+                    if matches!(status.as_u16(), 400 | 403) {
                         bail!("the cluster refused to add this node: {last_error}");
                     }
                 }

@@ -1,7 +1,8 @@
 //! hraftd: one Raft node and its HTTP API, in the start-up order of the Go hraftd:
 //! flags -> listeners -> store -> peer transport -> HTTP -> bootstrap or join -> wait for a
-//! signal (or removal from the cluster) -> shut down in order. `hraftd restore` seeds a new
-//! single-node cluster from a backup (`restore.rs`).
+//! signal (or removal from the cluster, or a fatal Raft error) -> shut down in order.
+//! `hraftd restore` seeds a new single-node cluster from a backup (`restore.rs`);
+//! `hraftd gen-key FILE` writes a new cluster key.
 
 mod api;
 mod cli;
@@ -14,7 +15,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use hraftd_httpd::Settings;
-use hraftd_store::Options;
 use hraftd_store::Store;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
@@ -58,6 +58,14 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     // 1. Flags and logging; `hraftd restore ...` is its own short sequence.
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("gen-key") {
+        let [_, _, file] = &argv[..] else {
+            anyhow::bail!("usage: hraftd gen-key FILE");
+        };
+        hraftd_store::ClusterKey::generate(file.as_ref())?;
+        println!("wrote a new cluster key to {file} (mode 0600); give it to every node with -cluster-key {file}");
+        return Ok(());
+    }
     let is_restore = argv.get(1).map(String::as_str) == Some("restore");
     // A node logs its progress; the one-shot restore only what goes wrong.
     let level = if is_restore { "warn" } else { "info" };
@@ -81,11 +89,18 @@ async fn run() -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    // 3. Open the store (RocksDB + openraft).
-    let mut opts = Options::new(&name, &radv, &hadv, &args.data_dir);
-    opts.snapshot_threshold = args.snapshot_threshold;
-    opts.write_timeout = Duration::from_secs(args.write_timeout.max(1));
-    opts.read_timeout = opts.write_timeout;
+    // 3. Peer authentication, then open the store (RocksDB + openraft).
+    let opts = cli::node_options(&args, &name, &radv, &hadv)?;
+    match opts.peer_auth.mode() {
+        "none" => log::warn!(
+            "the raft port {} is UNAUTHENTICATED: anyone who can reach it can join, read and \
+             overwrite the cluster's data. Use -cluster-key FILE (hraftd gen-key FILE) or \
+             -peer-cert/-peer-key/-peer-ca.",
+            args.raddr
+        ),
+        mode => log::info!("peer authentication: {mode}"),
+    }
+    let join_key = opts.peer_auth.clone();
     let store = Store::open(opts)
         .await
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
@@ -101,6 +116,8 @@ async fn run() -> anyhow::Result<()> {
     // 5. Serve the HTTP API.
     let settings = Settings {
         body_limit: args.body_limit,
+        max_key_bytes: args.max_key_bytes,
+        ..Settings::default()
     };
     let api = Arc::new(api::Api(store.clone()));
     let http_task = tokio::spawn(hraftd_httpd::serve(
@@ -126,7 +143,7 @@ async fn run() -> anyhow::Result<()> {
         store.watch_removal_after(0);
     } else {
         let deadline = Duration::from_secs(args.join_timeout);
-        match join::join(&args.join, &name, &radv, &hadv, deadline).await {
+        match join::join(&args.join, &name, &radv, &hadv, &join_key, deadline).await {
             Ok(index) => store.watch_removal_after(index),
             Err(e) => {
                 let _ = stop_tx.send(true);
@@ -136,10 +153,17 @@ async fn run() -> anyhow::Result<()> {
         }
     }
 
-    // 7. Run until a signal, or until this node is removed from the cluster.
+    // 7. Run until a signal, until this node is removed from the cluster, or until Raft
+    //    stops on a fatal (e.g. storage) error: then exit non-zero, so that an
+    //    orchestrator restarts the node rather than leave it half alive.
+    let mut fatal = None;
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = store.removed() => log::warn!("removed from the cluster; shutting down"),
+        why = store.fatal_error() => {
+            log::error!("raft stopped on a fatal error: {why}; exiting");
+            fatal = Some(why);
+        }
     }
 
     // 8. Stop HTTP (no new requests; in-flight ones finish), hand off if leading, then
@@ -155,6 +179,9 @@ async fn run() -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
     store.shutdown().await;
+    if let Some(why) = fatal {
+        anyhow::bail!("raft stopped on a fatal error: {why}");
+    }
     log::info!("stopped");
     Ok(())
 }

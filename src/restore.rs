@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
-use hraftd_store::Options;
 use hraftd_store::Role;
 use hraftd_store::Store;
 
@@ -39,18 +38,38 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
 
     // 2. Only into a new data directory: never over an existing node's state.
     let a = &args.node;
-    if a.data_dir.join("raft").exists() {
+    let target = a.data_dir.clone();
+    let occupied = std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some());
+    if occupied {
         bail!(
-            "{} already holds a node's Raft state; restore into a new directory",
-            a.data_dir.display()
+            "{} already exists and is not empty; restore into a new directory",
+            target.display()
         );
     }
 
-    // 3. The node's identity, as a later `hraftd` with the same flags will have it.
+    // 3. The node's identity, as a later `hraftd` with the same flags will have it, built
+    //    in a directory beside DATA_DIR that becomes DATA_DIR only once complete: a restore
+    //    that fails or is killed midway leaves no DATA_DIR a node could start on.
+    let name_of = target
+        .file_name()
+        .with_context(|| format!("{} has no directory name", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let building = target.with_file_name(format!(".{name_of}.restoring"));
+    if building.exists() {
+        std::fs::remove_dir_all(&building).with_context(|| {
+            format!(
+                "removing an earlier failed restore in {}",
+                building.display()
+            )
+        })?;
+    }
     let (name, radv, hadv) = cli::identity(a, cli::port_of(&a.raddr)?, cli::port_of(&a.haddr)?)?;
-    let store = Store::open(Options::new(&name, &radv, &hadv, &a.data_dir))
+    let mut opts = cli::node_options(a, &name, &radv, &hadv)?;
+    opts.data_dir = building.clone();
+    let store = Store::open(opts)
         .await
-        .with_context(|| format!("creating the store in {}", a.data_dir.display()))?;
+        .with_context(|| format!("creating the store in {}", building.display()))?;
 
     // 4. Bootstrap, wait to lead, load the backup, snapshot; then stop cleanly.
     let result = async {
@@ -70,7 +89,23 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     }
     .await;
     store.shutdown().await;
-    result?;
+    drop(store);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(e);
+    }
+    if target.exists() {
+        // Checked empty above.
+        std::fs::remove_dir(&target)
+            .with_context(|| format!("replacing the empty {}", target.display()))?;
+    }
+    std::fs::rename(&building, &target).with_context(|| {
+        format!(
+            "moving {} into place as {}",
+            building.display(),
+            target.display()
+        )
+    })?;
     println!(
         "restored {} keys (backup taken at index {}) into {} as node {name:?} (raft {radv}, http {hadv}).\n\
          Start it with the same flags, without `restore --from`; other nodes can then -join it.",

@@ -1,5 +1,6 @@
-//! Runs the README's quick start with the real binary: Go-style flags, `:port` addresses,
-//! a positional data dir, `-join`, and `curl -L`-style reads on every node.
+//! Runs the README's quick start with the real binary: `hraftd gen-key`, Go-style flags,
+//! `:port` addresses, a cluster key, a positional data dir, `-join`, and `curl -L`-style
+//! reads on every node.
 
 mod common;
 
@@ -14,11 +15,19 @@ async fn readme_quick_start() {
     let mut c = TestCluster::empty(&[]);
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let first_http = ports[0].0;
+    // hraftd gen-key ~/hraftd.key
+    let key = c.tmp.path().join("hraftd.key").display().to_string();
+    let made = Command::new(common::bin())
+        .args(["gen-key", &key])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
     for (i, (h, r)) in ports.iter().enumerate() {
-        // hraftd -haddr :11001 -raddr :12001 -join :11000 ~/node1
+        // hraftd -cluster-key ~/hraftd.key -haddr :11001 -raddr :12001 -join :11000 ~/node1
         let dir = c.tmp.path().join(format!("node{i}"));
         let log = std::fs::File::create(c.tmp.path().join(format!("node{i}.log"))).unwrap();
         let mut cmd = Command::new(common::bin());
+        cmd.args(["-cluster-key", &key]);
         cmd.args(["-haddr", &format!(":{h}"), "-raddr", &format!(":{r}")]);
         if i > 0 {
             cmd.args(["-join", &format!(":{first_http}")]);
@@ -36,6 +45,7 @@ async fn readme_quick_start() {
             dir,
             log: c.tmp.path().join(format!("node{i}.log")),
             extra_args: vec![],
+            env: vec![],
             child: Some(child),
         });
         let name = c.nodes[i].name.clone();
@@ -68,6 +78,10 @@ async fn readme_quick_start() {
         "--join",
         "--id",
         "--snapshot-threshold",
+        "--cluster-key",
+        "--peer-cert",
+        "--max-key-bytes",
+        "gen-key",
         "DATA_DIR",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");

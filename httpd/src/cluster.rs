@@ -45,7 +45,16 @@ pub(crate) async fn join<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, Rejection> {
-    let j: JoinRequest = json_body(&req, payload, &settings).await?;
+    let body = read_body(&req, payload, settings.body_limit)
+        .await
+        .map_err(|e| e.at(&req))?;
+    let proof = req
+        .headers()
+        .get("X-Hraftd-Join-Proof")
+        .and_then(|v| v.to_str().ok());
+    store.check_join(proof, &body).map_err(|e| e.at(&req))?;
+    let j: JoinRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")).at(&req))?;
     if j.id.is_empty() || j.addr.is_empty() || j.http_addr.is_empty() {
         return Err(
             ApiError::BadRequest("id, addr and http_addr must be non-empty".into()).at(&req),

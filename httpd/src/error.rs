@@ -16,10 +16,16 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller failed authentication.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request is well-formed but too large to store as one unit.
+    #[error("{0}")]
+    TooLarge(String),
     /// This node is not the leader. With the leader's advertised HTTP address the client
     /// is redirected there (`307`); without one there is nobody to send it to (`503`).
     #[error("not the leader")]
@@ -67,8 +73,11 @@ impl ResponseError for Rejection {
         match &self.err {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::NotLeader {
                 leader_http: Some(_),
             } => StatusCode::TEMPORARY_REDIRECT,

@@ -1,6 +1,13 @@
 //! `/key` handlers: writes (`POST /key`, `PUT /key/<key>`), reads at a level
 //! (`GET /key/<key>`, `GET /key?key=`), and deletes. Input is validated completely before
 //! the store is called, so a bad request never changes state.
+//!
+//! Keys are decoded strictly, never lossily: in a path (`/key/<key>`) `%XX` escapes are
+//! decoded (`%2F` is `/`, so `/key/a%2Fb` and `/key/a/b` name the same key) and `+` is a
+//! plain plus; in a query (`?key=`) form encoding applies, so `+` is a space and `%2B` a
+//! plus. An escape that decodes to invalid UTF-8 is a `400`, and so is a key longer than
+//! `Settings::max_key_bytes` on every path, so that every stored key can be read and
+//! deleted.
 
 use std::collections::HashMap;
 
@@ -45,10 +52,34 @@ pub(crate) async fn read_body(
     Ok(body.freeze())
 }
 
+/// The query string's parameters, decoded strictly (see the module docs).
 fn query(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
-    web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
+    let mut out = HashMap::new();
+    for part in req.query_string().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.insert(
+            form_decode(k, "query parameter")?,
+            form_decode(v, "query parameter")?,
+        );
+    }
+    Ok(out)
+}
+
+fn form_decode(s: &str, what: &str) -> Result<String, ApiError> {
+    strict_decode(&s.replace('+', " "), what)
+}
+
+fn strict_decode(s: &str, what: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::BadRequest(format!("{what} {s:?} decodes to invalid UTF-8")))
+}
+
+/// The key of a `/key/<key>` request, decoded strictly from the raw path.
+fn path_key(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req.uri().path().strip_prefix("/key/").unwrap_or("");
+    strict_decode(raw, "key")
 }
 
 fn level(q: &HashMap<String, String>) -> Result<ReadLevel, ApiError> {
@@ -62,15 +93,25 @@ fn level(q: &HashMap<String, String>) -> Result<ReadLevel, ApiError> {
     }
 }
 
-fn non_empty(key: &str) -> Result<(), ApiError> {
+/// A key must be non-empty and at most `max` bytes.
+fn valid_key(key: &str, max: usize) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::BadRequest("key must not be empty".into()));
+    }
+    if key.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "key of {} bytes exceeds the limit of {max} bytes",
+            key.len()
+        )));
     }
     Ok(())
 }
 
-/// Parses `{"k1":"v1",...}`: a non-empty object of non-empty keys and string values.
-pub(crate) fn parse_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+/// Parses `{"k1":"v1",...}`: a non-empty object of valid keys and string values.
+pub(crate) fn parse_pairs(
+    body: &[u8],
+    max_key_bytes: usize,
+) -> Result<Vec<(String, String)>, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     let Value::Object(map) = v else {
@@ -85,7 +126,7 @@ pub(crate) fn parse_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError
     }
     map.into_iter()
         .map(|(k, v)| {
-            non_empty(&k)?;
+            valid_key(&k, max_key_bytes)?;
             match v {
                 Value::String(s) => Ok((k, s)),
                 other => Err(ApiError::BadRequest(format!(
@@ -101,9 +142,14 @@ pub(crate) fn query_level(req: &HttpRequest) -> Result<ReadLevel, ApiError> {
     level(&query(req)?)
 }
 
-async fn read_key<S: KvStore>(store: &S, req: &HttpRequest, key: &str) -> Reply {
+async fn read_key<S: KvStore>(
+    store: &S,
+    settings: &Settings,
+    req: &HttpRequest,
+    key: &str,
+) -> Reply {
     let level = query_level(req).map_err(|e| e.at(req))?;
-    non_empty(key).map_err(|e| e.at(req))?;
+    valid_key(key, settings.max_key_bytes).map_err(|e| e.at(req))?;
     match store.get(key, level).await.map_err(|e| e.at(req))? {
         Some(v) => {
             let mut body = serde_json::Map::new();
@@ -114,28 +160,33 @@ async fn read_key<S: KvStore>(store: &S, req: &HttpRequest, key: &str) -> Reply 
     }
 }
 
-fn query_key(req: &HttpRequest) -> Result<String, ApiError> {
+fn query_key(req: &HttpRequest, max_key_bytes: usize) -> Result<String, ApiError> {
     let q = query(req)?;
     let key = q
         .get("key")
         .ok_or_else(|| ApiError::BadRequest("missing ?key= parameter".into()))?;
-    non_empty(key)?;
+    valid_key(key, max_key_bytes)?;
     Ok(key.clone())
 }
 
 /// `GET /key/<key>?level=L`
 pub(crate) async fn get_path<S: KvStore>(
     store: web::Data<S>,
+    settings: web::Data<Settings>,
     req: HttpRequest,
-    key: web::Path<String>,
 ) -> Reply {
-    read_key(store.get_ref(), &req, &key).await
+    let key = path_key(&req).map_err(|e| e.at(&req))?;
+    read_key(store.get_ref(), &settings, &req, &key).await
 }
 
 /// `GET /key?key=<key>&level=L`
-pub(crate) async fn get_query<S: KvStore>(store: web::Data<S>, req: HttpRequest) -> Reply {
-    let key = query_key(&req).map_err(|e| e.at(&req))?;
-    read_key(store.get_ref(), &req, &key).await
+pub(crate) async fn get_query<S: KvStore>(
+    store: web::Data<S>,
+    settings: web::Data<Settings>,
+    req: HttpRequest,
+) -> Reply {
+    let key = query_key(&req, settings.max_key_bytes).map_err(|e| e.at(&req))?;
+    read_key(store.get_ref(), &settings, &req, &key).await
 }
 
 /// `POST /key` with `{"k1":"v1",...}`: all pairs in one log entry.
@@ -148,7 +199,7 @@ pub(crate) async fn post<S: KvStore>(
     let body = read_body(&req, payload, settings.body_limit)
         .await
         .map_err(|e| e.at(&req))?;
-    let pairs = parse_pairs(&body).map_err(|e| e.at(&req))?;
+    let pairs = parse_pairs(&body, settings.max_key_bytes).map_err(|e| e.at(&req))?;
     let index = store.set(pairs).await.map_err(|e| e.at(&req))?;
     Ok(HttpResponse::Ok().json(json!({ "index": index })))
 }
@@ -158,24 +209,29 @@ pub(crate) async fn put<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<Settings>,
     req: HttpRequest,
-    key: web::Path<String>,
     payload: web::Payload,
 ) -> Reply {
-    non_empty(&key).map_err(|e| e.at(&req))?;
+    let key = path_key(&req).map_err(|e| e.at(&req))?;
+    valid_key(&key, settings.max_key_bytes).map_err(|e| e.at(&req))?;
     let body = read_body(&req, payload, settings.body_limit)
         .await
         .map_err(|e| e.at(&req))?;
     let value = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()).at(&req))?;
     let index = store
-        .set(vec![(key.into_inner(), value)])
+        .set(vec![(key, value)])
         .await
         .map_err(|e| e.at(&req))?;
     Ok(HttpResponse::Ok().json(json!({ "index": index })))
 }
 
-async fn delete_key<S: KvStore>(store: &S, req: &HttpRequest, key: String) -> Reply {
-    non_empty(&key).map_err(|e| e.at(req))?;
+async fn delete_key<S: KvStore>(
+    store: &S,
+    settings: &Settings,
+    req: &HttpRequest,
+    key: String,
+) -> Reply {
+    valid_key(&key, settings.max_key_bytes).map_err(|e| e.at(req))?;
     let index = store.delete(key).await.map_err(|e| e.at(req))?;
     Ok(HttpResponse::Ok().json(json!({ "index": index })))
 }
@@ -183,14 +239,19 @@ async fn delete_key<S: KvStore>(store: &S, req: &HttpRequest, key: String) -> Re
 /// `DELETE /key/<key>`
 pub(crate) async fn delete_path<S: KvStore>(
     store: web::Data<S>,
+    settings: web::Data<Settings>,
     req: HttpRequest,
-    key: web::Path<String>,
 ) -> Reply {
-    delete_key(store.get_ref(), &req, key.into_inner()).await
+    let key = path_key(&req).map_err(|e| e.at(&req))?;
+    delete_key(store.get_ref(), &settings, &req, key).await
 }
 
 /// `DELETE /key?key=<key>`
-pub(crate) async fn delete_query<S: KvStore>(store: web::Data<S>, req: HttpRequest) -> Reply {
-    let key = query_key(&req).map_err(|e| e.at(&req))?;
-    delete_key(store.get_ref(), &req, key).await
+pub(crate) async fn delete_query<S: KvStore>(
+    store: web::Data<S>,
+    settings: web::Data<Settings>,
+    req: HttpRequest,
+) -> Reply {
+    let key = query_key(&req, settings.max_key_bytes).map_err(|e| e.at(&req))?;
+    delete_key(store.get_ref(), &settings, &req, key).await
 }

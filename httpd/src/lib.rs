@@ -77,6 +77,8 @@ pub struct Status {
     pub members: Vec<MemberInfo>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// How this node authenticates its peers: `none`, `cluster-key` or `mtls`.
+    pub peer_auth: String,
 }
 
 /// One RocksDB column family's size, for `/metrics`.
@@ -100,6 +102,8 @@ pub struct NodeMetrics {
     /// On the leader: (follower name, entries behind).
     pub replication_lag: Vec<(String, u64)>,
     pub rocksdb: Vec<CfSize>,
+    /// Refused peer connections by reason.
+    pub peer_rejected: Vec<(String, u64)>,
 }
 
 /// A backup to stream: an open file (already unlinked) and what it holds.
@@ -109,6 +113,8 @@ pub struct Backup {
     pub bytes: u64,
     pub applied_index: u64,
     pub keys: u64,
+    /// Held until the backup has been sent: the store limits how many exist at once.
+    pub permit: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
@@ -121,12 +127,18 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, ApiError>>;
     fn set(&self, pairs: Vec<(String, String)>) -> impl Future<Output = Result<u64, ApiError>>;
     fn delete(&self, key: String) -> impl Future<Output = Result<u64, ApiError>>;
+    /// Checks that a `/join` request (its exact body and the value of the
+    /// `X-Hraftd-Join-Proof` header) comes from a holder of the cluster's key, where the
+    /// cluster has one.
+    fn check_join(&self, proof: Option<&str>, body: &[u8]) -> Result<(), ApiError>;
     /// Adds a node; resolves with the membership log index that made it a voter.
     fn join(&self, req: JoinRequest) -> impl Future<Output = Result<u64, ApiError>>;
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), ApiError>>;
     fn status(&self) -> Status;
     /// Why the node should not get traffic yet (`None` once ready).
     fn not_ready(&self) -> Option<String>;
+    /// Why the node is not alive (e.g. Raft stopped on a fatal error), `None` while it is.
+    fn not_live(&self) -> Option<String>;
     fn metrics(&self) -> NodeMetrics;
     /// A consistent image of the applied data, taken at `level`.
     fn backup(&self, level: ReadLevel) -> impl Future<Output = Result<Backup, ApiError>>;
@@ -137,12 +149,19 @@ pub trait KvStore: Send + Sync + 'static {
 pub struct Settings {
     /// Largest request body accepted; larger ones get `413`.
     pub body_limit: usize,
+    /// Longest key accepted, in bytes (UTF-8); longer ones get `400` on every path, so
+    /// every stored key can be read and deleted within the request-head limit.
+    pub max_key_bytes: usize,
+    /// The longest one `/backup` response may take to send.
+    pub backup_deadline: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             body_limit: 1 << 20,
+            max_key_bytes: 4096,
+            backup_deadline: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -189,7 +208,7 @@ pub fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/livez")
-            .route(web::get().to(ops::livez))
+            .route(web::get().to(ops::livez::<S>))
             .default_service(not_allowed()),
     )
     .service(

@@ -118,6 +118,21 @@ fn gauge_vec<'a>(
     r.register(Box::new(g)).expect("each name once");
 }
 
+/// A counter family whose totals are kept elsewhere (by the store), shown as of now.
+fn counter_vec<'a>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, f64)>,
+) {
+    let c = prometheus::CounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    for (l, v) in values {
+        c.with_label_values(&[l]).inc_by(v);
+    }
+    r.register(Box::new(c)).expect("each name once");
+}
+
 /// The node's gauges, as of now.
 fn node_registry(n: &NodeMetrics) -> Registry {
     let r = Registry::new();
@@ -205,6 +220,13 @@ fn node_registry(n: &NodeMetrics) -> Registry {
         n.rocksdb
             .iter()
             .map(|c| (c.cf.as_str(), c.memtable_bytes as f64)),
+    );
+    counter_vec(
+        &r,
+        "hraftd_peer_rejected_total",
+        "Peer connections on the Raft port refused, by reason",
+        "reason",
+        n.peer_rejected.iter().map(|(k, v)| (k.as_str(), *v as f64)),
     );
     gauge(
         &r,

@@ -15,9 +15,16 @@ use crate::KvStore;
 /// The OpenAPI 3 document of this API, kept in the repository beside this crate.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// `GET /livez`: the process is up and serving HTTP.
-pub(crate) async fn livez() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "live" }))
+/// `GET /livez`: `200` while the process serves HTTP and Raft runs; `503` once Raft has
+/// stopped on a fatal error (the process then exits too).
+pub(crate) async fn livez<S: KvStore>(
+    store: web::Data<S>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Rejection> {
+    match store.not_live() {
+        None => Ok(HttpResponse::Ok().json(json!({ "status": "live" }))),
+        Some(why) => Err(ApiError::Unavailable(format!("not live: {why}")).at(&req)),
+    }
 }
 
 /// `GET /readyz`: `200` once this node knows a leader and has applied what was committed
@@ -34,13 +41,27 @@ pub(crate) async fn readyz<S: KvStore>(
 
 /// `GET /backup[?level=]`: streams a consistent image of the state machine, by default
 /// from the leader (a follower redirects); `level=stale` takes it from this node.
+///
+/// The response is cut off after `Settings::backup_deadline`, so a reader that stalls
+/// cannot hold its backup (a full copy of the data on disk) and its slot for ever.
 pub(crate) async fn backup<S: KvStore>(
     store: web::Data<S>,
+    settings: web::Data<crate::Settings>,
     req: HttpRequest,
 ) -> Result<HttpResponse, Rejection> {
+    use futures::StreamExt;
     let level = key::query_level(&req).map_err(|e| e.at(&req))?;
     let b = store.backup(level).await.map_err(|e| e.at(&req))?;
     let file = tokio::fs::File::from_std(b.file);
+    let permit = b.permit;
+    let deadline = settings.backup_deadline;
+    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)
+        .take_until(tokio::time::sleep(deadline))
+        .map(move |chunk| {
+            // The permit lives as long as the stream.
+            let _held = &permit;
+            chunk
+        });
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((
@@ -53,7 +74,7 @@ pub(crate) async fn backup<S: KvStore>(
         .insert_header(("X-Hraftd-Applied-Index", b.applied_index.to_string()))
         .insert_header(("X-Hraftd-Keys", b.keys.to_string()))
         .no_chunking(b.bytes)
-        .streaming(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)))
+        .streaming(body))
 }
 
 /// `GET /openapi.json`.

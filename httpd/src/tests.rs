@@ -32,6 +32,8 @@ struct Fake {
     members: Mutex<Vec<String>>,
     /// What `not_ready` answers.
     not_ready: Mutex<Option<String>>,
+    /// What `not_live` answers.
+    not_live: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -42,6 +44,7 @@ impl Fake {
             index: Mutex::new(0),
             members: Mutex::new(vec!["node0".into()]),
             not_ready: Mutex::new(None),
+            not_live: Mutex::new(None),
         })
     }
 
@@ -95,6 +98,14 @@ impl KvStore for Fake {
         Ok(self.bump())
     }
 
+    /// The fake's "cluster key" is the proof `let-me-in`.
+    fn check_join(&self, proof: Option<&str>, _body: &[u8]) -> Result<(), ApiError> {
+        match proof {
+            Some("let-me-in") | None => Ok(()),
+            Some(_) => Err(ApiError::Forbidden("bad join proof".into())),
+        }
+    }
+
     async fn join(&self, req: JoinRequest) -> Result<u64, ApiError> {
         self.leader_check()?;
         if req.id == "busy" {
@@ -124,11 +135,16 @@ impl KvStore for Fake {
             members: vec![],
             commit_index: self.index(),
             applied_index: self.index(),
+            peer_auth: "cluster-key".into(),
         }
     }
 
     fn not_ready(&self) -> Option<String> {
         self.not_ready.lock().unwrap().clone()
+    }
+
+    fn not_live(&self) -> Option<String> {
+        self.not_live.lock().unwrap().clone()
     }
 
     fn metrics(&self) -> NodeMetrics {
@@ -145,6 +161,7 @@ impl KvStore for Fake {
                 sst_bytes: 1000,
                 memtable_bytes: 200,
             }],
+            peer_rejected: vec![("handshake".into(), 7)],
         }
     }
 
@@ -173,6 +190,7 @@ impl KvStore for Fake {
             bytes: image.len() as u64,
             applied_index: self.index(),
             keys: self.data.lock().unwrap().len() as u64,
+            permit: None,
         })
     }
 }
@@ -391,7 +409,10 @@ async fn bad_input_is_400_and_changes_nothing() {
 #[actix_web::test]
 async fn oversized_body_is_413() {
     let f = Fake::new(Mode::Leader);
-    let small = Settings { body_limit: 64 };
+    let small = Settings {
+        body_limit: 64,
+        ..Settings::default()
+    };
     let big = format!(r#"{{"k":"{}"}}"#, "x".repeat(100));
     let (s, _, v) = call(&f, small.clone(), Method::POST, "/key", big.as_bytes()).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
@@ -516,6 +537,7 @@ async fn metrics_count_requests_by_route_and_show_the_node() {
         r#"hraftd_rocksdb_sst_bytes{cf="data"} 1000"#,
         r#"hraftd_rocksdb_memtable_bytes{cf="data"} 200"#,
         "hraftd_ready 1",
+        r#"hraftd_peer_rejected_total{reason="handshake"} 7"#,
     ] {
         assert!(
             page.lines().any(|l| l == line),
@@ -610,4 +632,124 @@ async fn openapi_document_matches_the_routes() {
         reg, documented,
         "routes() and openapi.json list different paths"
     );
+}
+
+/// Found by review: `%FF` and `%FE` were both decoded lossily to "\u{FFFD}", so two
+/// different requests silently wrote the same key.
+#[actix_web::test]
+async fn keys_that_decode_to_invalid_utf8_are_400_on_every_path() {
+    let f = Fake::new(Mode::Leader);
+    for (method, uri) in [
+        (Method::PUT, "/key/%FF"),
+        (Method::PUT, "/key/a%FEb"),
+        (Method::GET, "/key/%FF"),
+        (Method::DELETE, "/key/%C3"),
+        (Method::GET, "/key?key=%FF"),
+        (Method::DELETE, "/key?key=%FE"),
+        (Method::GET, "/key/k?level=%FF"),
+    ] {
+        let (s, v) = req(&f, method.clone(), uri, "v").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}: {v}");
+        assert_error(&v, "invalid UTF-8");
+    }
+    assert_eq!(f.index(), 0, "nothing reached the store");
+    assert!(f.data.lock().unwrap().is_empty());
+}
+
+#[actix_web::test]
+async fn escapes_plus_and_slash_in_keys_are_decoded_as_documented() {
+    let f = Fake::new(Mode::Leader);
+    // Paths: %XX decoded (UTF-8 too), %2F is a slash, + is a plus.
+    assert_eq!(
+        req(&f, Method::PUT, "/key/caf%C3%A9", "1").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        req(&f, Method::PUT, "/key/a%2Fb", "2").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        req(&f, Method::PUT, "/key/x+y", "3").await.0,
+        StatusCode::OK
+    );
+    let keys: Vec<String> = f.data.lock().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["a/b", "caf\u{e9}", "x+y"]);
+    let (s, v) = req(&f, Method::GET, "/key/a/b", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"a/b": "2"})));
+    // Queries: form encoding, so + is a space and %2B a plus.
+    let (s, v) = req(&f, Method::GET, "/key?key=x%2By", "").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"x+y": "3"})));
+    let (s, _) = req(&f, Method::GET, "/key?key=x+y", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "x+y in a query is \"x y\"");
+}
+
+/// Found by review: a 200 KB key was accepted by `POST /key` but could never be read or
+/// deleted (the request head limit answers 431 first).
+#[actix_web::test]
+async fn keys_over_the_limit_are_400_on_every_path() {
+    let f = Fake::new(Mode::Leader);
+    let settings = Settings {
+        max_key_bytes: 8,
+        ..Settings::default()
+    };
+    let long = "k".repeat(9);
+    let body = format!(r#"{{"ok":"1","{long}":"v"}}"#);
+    let cases = [
+        (Method::POST, "/key".to_string(), body.into_bytes()),
+        (Method::PUT, format!("/key/{long}"), b"v".to_vec()),
+        (Method::GET, format!("/key/{long}"), vec![]),
+        (Method::DELETE, format!("/key?key={long}"), vec![]),
+    ];
+    for (method, uri, body) in cases {
+        let (s, _, v) = call(&f, settings.clone(), method.clone(), &uri, &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri}");
+        assert_error(&v, "limit of 8 bytes");
+    }
+    assert_eq!(f.index(), 0, "nothing reached the store");
+    let (s, _, _) = call(&f, settings, Method::PUT, "/key/kkkkkkkk", b"v").await;
+    assert_eq!(s, StatusCode::OK, "exactly the limit is accepted");
+}
+
+#[actix_web::test]
+async fn a_join_without_a_valid_proof_is_403_and_changes_nothing() {
+    let f = Fake::new(Mode::Leader);
+    let body = br#"{"id":"n1","addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}"#;
+    let app = test::init_service(app(f.clone(), Settings::default(), Arc::default())).await;
+    let bad = test::TestRequest::post()
+        .uri("/join")
+        .insert_header(("X-Hraftd-Join-Proof", "forged"))
+        .set_payload(body.to_vec())
+        .to_request();
+    let resp = test::call_service(&app, bad).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(*f.members.lock().unwrap(), ["node0"]);
+    let good = test::TestRequest::post()
+        .uri("/join")
+        .insert_header(("X-Hraftd-Join-Proof", "let-me-in"))
+        .set_payload(body.to_vec())
+        .to_request();
+    assert_eq!(
+        test::call_service(&app, good).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(*f.members.lock().unwrap(), ["node0", "n1"]);
+}
+
+#[actix_web::test]
+async fn livez_fails_once_raft_has_stopped() {
+    let f = Fake::new(Mode::Leader);
+    let (s, _, _) = call(&f, Settings::default(), Method::GET, "/livez", b"").await;
+    assert_eq!(s, StatusCode::OK);
+    *f.not_live.lock().unwrap() = Some("raft stopped: storage error".into());
+    let (s, _, v) = call(&f, Settings::default(), Method::GET, "/livez", b"").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&v, "storage error");
+}
+
+#[actix_web::test]
+async fn an_entry_too_large_for_the_log_is_413() {
+    let err = ApiError::TooLarge("the request encodes to 2000000 bytes".into());
+    let req = test::TestRequest::default().to_http_request();
+    let resp = actix_web::ResponseError::error_response(&err.at(&req));
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }

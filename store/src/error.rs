@@ -26,6 +26,14 @@ pub enum Error {
     #[error("invalid request: {0}")]
     Invalid(String),
 
+    /// The request is too large to be one log entry (see `types::MAX_ENTRY_BYTES`).
+    #[error("too large: {0}")]
+    TooLarge(String),
+
+    /// The caller failed authentication (e.g. a joining node without the cluster key).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+
     /// The named thing (e.g. a member) does not exist.
     #[error("not found: {0}")]
     NotFound(String),

@@ -5,7 +5,7 @@
 //! key-value data and its `last_applied` live in the same RocksDB instance
 //! ([`state_machine`]) and change in one atomic batch per apply; snapshots are
 //! point-in-time files ([`snapshot`]); peers talk over a binary TCP transport
-//! ([`network`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
+//! ([`network`]), authenticated by a cluster key or mutual TLS ([`peer_auth`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
 //! hraftd uses.
 
 // openraft's StorageError is large and is what its storage traits return; boxing it
@@ -16,9 +16,12 @@ pub mod backup;
 mod batch;
 mod db;
 pub mod error;
+#[doc(hidden)]
+pub mod hostile;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer_auth;
 mod snapshot;
 pub mod state_machine;
 pub mod types;
@@ -36,8 +39,14 @@ pub use node::ReadLevel;
 pub use node::Role;
 pub use node::Status;
 pub use node::Store;
+pub use node::MAX_BACKUPS;
+pub use peer_auth::ClusterKey;
+pub use peer_auth::JoinProof;
+pub use peer_auth::Mtls;
+pub use peer_auth::PeerAuth;
 pub use types::Command;
 pub use types::Node;
+pub use types::MAX_ENTRY_BYTES;
 
 #[cfg(test)]
 mod suite_test;

@@ -37,8 +37,11 @@ use crate::types::Vote;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-/// The longest a purge waits for the state machine to reach the purge point.
-const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// A purge that waits for the state machine (see `LogStore::purge`), kept so that a
+/// restart carries it out.
+const KEY_PURGE_PENDING: &[u8] = b"purge_pending";
+/// How often a deferred purge checks whether the state machine has caught up.
+const PURGE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The log store handle openraft owns; clones share the database.
 #[derive(Clone)]
@@ -50,6 +53,9 @@ pub struct LogStore {
     /// Whether purges wait for the state machine (see `purge`). Off only where the log
     /// store is exercised on its own, without a state machine (openraft's test suite).
     guard_purge: bool,
+    /// The deferred purge's target, if one waits for the state machine; shared by clones
+    /// (openraft's handle and the background task that carries it out).
+    pending_purge: Arc<std::sync::Mutex<Option<LogId>>>,
     /// Hands appends to the WAL sync thread, which acknowledges them once durable.
     syncer: Arc<std::sync::Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
 }
@@ -102,7 +108,79 @@ impl LogStore {
             db,
             committed,
             guard_purge: true,
+            pending_purge: Arc::default(),
             syncer: Arc::new(std::sync::Mutex::new(tx)),
+        }
+    }
+
+    /// Deletes the log up to `log_id`, recording the purge point in the same batch, so a
+    /// crash never leaves a log whose start is unknown; drops a pending purge it covers.
+    fn purge_now(&self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf_meta(),
+            KEY_LAST_PURGED,
+            encode(&log_id).map_err(write_err)?,
+        );
+        let pending: Option<LogId> = self.get_meta(KEY_PURGE_PENDING)?;
+        if pending.is_some_and(|p| p.index <= log_id.index) {
+            batch.delete_cf(self.cf_meta(), KEY_PURGE_PENDING);
+        }
+        batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
+        self.db.write(batch).map_err(write_err)
+    }
+
+    /// Records `log_id` as the purge to carry out once the state machine has applied that
+    /// far, and makes sure a task is waiting to do it. Never blocks.
+    fn defer_purge(&self, log_id: LogId) -> Result<(), StorageError> {
+        self.db
+            .put_cf_opt(
+                self.cf_meta(),
+                KEY_PURGE_PENDING,
+                encode(&log_id).map_err(write_err)?,
+                &db::sync_write(),
+            )
+            .map_err(write_err)?;
+        let start = {
+            let mut p = self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
+            let start = p.is_none();
+            if p.is_none_or(|old| old.index < log_id.index) {
+                *p = Some(log_id);
+            }
+            start
+        };
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.finish_deferred_purges().await });
+        }
+        Ok(())
+    }
+
+    /// Carries out the pending purge once the state machine has reached it, until none is
+    /// left.
+    async fn finish_deferred_purges(self) {
+        loop {
+            tokio::time::sleep(PURGE_POLL).await;
+            let Some(target) = *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner()) else {
+                return;
+            };
+            match self.applied_index() {
+                Ok(Some(a)) if a >= target.index => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    log::warn!("deferred log purge: reading the applied index: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = self.purge_now(target) {
+                log::warn!("deferred log purge to {target}: {e}");
+                continue;
+            }
+            let mut p = self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
+            if *p == Some(target) {
+                *p = None;
+                return;
+            }
         }
     }
 
@@ -190,6 +268,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        // A purge deferred before a restart: carry it out now if the state machine has
+        // caught up (a crash must not leave the log with the gap a snapshot jumped over),
+        // else keep waiting for it in the background.
+        if let Some(p) = self.get_meta::<LogId>(KEY_PURGE_PENDING)? {
+            let applied = self.applied_index().map_err(read_err)?;
+            if applied.is_some_and(|a| a >= p.index) {
+                self.purge_now(p)?;
+            } else if self
+                .pending_purge
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                self.defer_purge(p)?;
+            }
+        }
         let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
         let last = self
             .db
@@ -289,34 +383,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft asks to purge up to a snapshot that the state machine may still be
         // installing (it does not wait for the install). Purging first could leave, after a
         // crash, a log that starts beyond the state machine; skipping the purge would leave
-        // a gap in the log (the entries the snapshot jumped over were never received). So
-        // wait, bounded, until the state machine has applied that far.
+        // a gap in the log (the entries the snapshot jumped over were never received). And
+        // waiting here would block openraft's core, so that the node answered no Raft RPC
+        // during a long install. So the purge is deferred: recorded, and carried out by a
+        // background task once the state machine has applied that far (the log may keep
+        // entries longer than asked; it never loses one too early).
         if self.guard_purge {
-            let waited = std::time::Instant::now();
-            loop {
-                let applied = self.applied_index().map_err(read_err)?;
-                if applied.is_some_and(|a| a >= log_id.index) {
-                    break;
-                }
-                if waited.elapsed() > PURGE_WAIT {
-                    log::warn!(
-                        "purging the log to {log_id} although the state machine has applied only {applied:?} after {PURGE_WAIT:?}"
-                    );
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let applied = self.applied_index().map_err(read_err)?;
+            if !applied.is_some_and(|a| a >= log_id.index) {
+                return self.defer_purge(log_id);
             }
         }
-        // The purge point and the deletion go in one batch, so a crash never leaves a log
-        // whose start is unknown.
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf_meta(),
-            KEY_LAST_PURGED,
-            encode(&log_id).map_err(write_err)?,
-        );
-        batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
-        self.db.write(batch).map_err(write_err)
+        self.purge_now(log_id)
     }
 }
 
@@ -349,6 +427,20 @@ mod tests {
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3, 7, 42)));
     }
 
+    /// A log store holding blank entries 1..=10 and an empty state machine, on one database.
+    fn ten_entries_and_a_state_machine() -> (tempfile::TempDir, Arc<DB>, LogStore, StateMachine) {
+        let td = tempfile::tempdir().unwrap();
+        let db = db::open(&td.path().join("raft")).unwrap();
+        let log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        let sm = StateMachine::open(db.clone(), td.path().join("snapshots")).unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 1..=10 {
+            batch.put_cf(log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
+        }
+        db.write(batch).unwrap();
+        (td, db, log, sm)
+    }
+
     /// A purge beyond what the state machine has applied waits for it, so a crash can never
     /// leave a log that starts after the state machine's last applied entry, and the log
     /// never gets a gap (found by hraftd-torture: a snapshot install jumped over entries
@@ -356,29 +448,52 @@ mod tests {
     /// restart).
     #[tokio::test]
     async fn purge_waits_for_the_state_machine() {
-        let td = tempfile::tempdir().unwrap();
-        let db = db::open(&td.path().join("raft")).unwrap();
-        let mut log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
-        let mut sm = StateMachine::open(db.clone(), td.path().join("snapshots")).unwrap();
-        let mut batch = WriteBatch::default();
-        for i in 1..=10 {
-            batch.put_cf(log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
-        }
-        db.write(batch).unwrap();
+        let (_td, _db, mut log, mut sm) = ten_entries_and_a_state_machine();
 
-        let mut purger = log.clone();
-        let purge = tokio::spawn(async move { purger.purge(log_id(1, 0, 5)).await });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(
-            !purge.is_finished(),
-            "purge must wait for the state machine"
-        );
+        // The purge returns at once (openraft's core must not wait on it) but deletes
+        // nothing while the state machine is behind the purge point.
+        let purged = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            log.purge(log_id(1, 0, 5)),
+        )
+        .await;
+        assert!(matches!(purged, Ok(Ok(()))), "purge must not block");
+        tokio::time::sleep(PURGE_POLL * 5).await;
         assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 10);
 
+        // Once the state machine has applied that far, the deferred purge happens.
         sm.apply((1..=6).map(blank)).await.unwrap();
-        purge.await.unwrap().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_purged_log_id
+            .is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "deferred purge never ran"
+            );
+            tokio::time::sleep(PURGE_POLL).await;
+        }
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 5)));
         assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 5);
+    }
+
+    /// A purge deferred before a crash is carried out at the next start once the state
+    /// machine has reached it (the log must not keep a gap a snapshot jumped over).
+    #[tokio::test]
+    async fn a_deferred_purge_survives_a_restart() {
+        let (_td, db, mut log, mut sm) = ten_entries_and_a_state_machine();
+        log.purge(log_id(1, 0, 7)).await.unwrap();
+        // "Restart": a new handle on the same database, after the state machine caught up.
+        sm.apply((1..=8).map(blank)).await.unwrap();
+        let mut reopened = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        let state = reopened.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 7)));
+        assert_eq!(reopened.try_get_log_entries(1..=10).await.unwrap().len(), 3);
     }
 }

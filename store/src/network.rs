@@ -1,18 +1,32 @@
 //! The Raft peer transport on `-raddr`: length-prefixed bincode frames over persistent
-//! TCP connections.
+//! connections, each authenticated first (`peer_auth.rs`: cluster key or mutual TLS).
 //!
 //! Client side: a pool of idle connections per peer address, shared by every openraft
 //! replication stream and heartbeat (openraft asks for a new client object per RPC batch,
 //! so connections live in the pool, not in the client). Each call has a hard deadline.
-//! Server side: one task per connection, answering requests in order.
+//! Server side: one task per connection, answering requests in order. Everything a peer
+//! sends is bounded before it is trusted: at most [`MAX_CONNS`] connections, a handshake
+//! deadline, frames of at most [`MAX_FRAME`] bytes that must arrive within
+//! [`FRAME_TIMEOUT`], decoding that never recurses nor reads past the frame, and idle
+//! connections closed after [`IDLE_TIMEOUT`]. Every refusal closes the connection, is
+//! logged at warn with the peer's address (rate-limited) and counted in [`PeerStats`].
+//!
+//! The "removed" and "leader stopping" notices are hints, never orders: a removal is acted
+//! on only once this node's applied membership, or the leader asked over this same
+//! authenticated channel, confirms it (see `Store`); a stopping notice only makes the node
+//! stop redirecting clients to that leader, until the next append or an election timeout.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use openraft::error::InstallSnapshotError;
 use openraft::error::NetworkError;
@@ -32,28 +46,86 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
 
+use crate::peer_auth::PeerAuth;
+use crate::peer_auth::PeerStream;
 use crate::types::decode;
 use crate::types::encode;
 use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::TypeConfig;
+use crate::types::MAX_ENTRY_BYTES;
 
-/// Frames larger than this are refused (a batch of entries is at most
-/// `max_payload_entries` client requests of at most the HTTP body limit each).
-const MAX_FRAME: usize = 512 << 20;
+/// Frames larger than this are refused. The largest legal frame is an append of one
+/// maximal entry ([`MAX_ENTRY_BYTES`]) or one snapshot chunk (1 MiB, set in `Store::open`);
+/// the margin admits the up-to-4 MiB entries earlier versions could write.
+pub(crate) const MAX_FRAME: usize = 4 << 20;
 /// An append batch larger than this is refused locally with `PayloadTooLarge`, so openraft
 /// sends fewer entries: openraft gives each append RPC only a heartbeat interval to finish.
-const MAX_APPEND_BYTES: usize = 4 << 20;
+const MAX_APPEND_BYTES: u64 = MAX_ENTRY_BYTES;
 /// Idle connections kept per peer.
 const MAX_IDLE: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Peer connections served at once; more are closed at once.
+pub(crate) const MAX_CONNS: usize = 128;
+/// The longest a connection may take to authenticate.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one frame may take to arrive once its length has been read.
+pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request for this long is closed (the client's pool reconnects).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Refused peer connections by reason, for `hraftd_peer_rejected_total{reason}`, and the
+/// rate limit on logging them (a flood of refusals must not become a flood of log lines).
+#[derive(Default)]
+pub struct PeerStats {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+    logged: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl PeerStats {
+    /// Counts a refusal and logs it at warn (at most once a second per reason).
+    pub(crate) fn reject(
+        &self,
+        reason: &'static str,
+        peer: SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if logged
+            .get(reason)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            logged.insert(reason, now);
+            log::warn!("raft transport: refused {peer} ({reason}): {detail}");
+        }
+    }
+
+    /// Refusals so far, by reason.
+    pub fn rejected(&self) -> Vec<(String, u64)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect()
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
@@ -72,6 +144,9 @@ pub(crate) enum PeerRequest {
         node_id: NodeId,
         term: u64,
     },
+    /// Asks for the membership this node has applied (committed) and whether it leads:
+    /// how a node checks a removal notice with the leader.
+    Membership,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,17 +155,34 @@ pub(crate) enum PeerResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Ack,
+    Membership(MembershipAnswer),
 }
 
-async fn write_frame(s: &mut TcpStream, body: &[u8]) -> io::Result<()> {
+/// A node's answer to [`PeerRequest::Membership`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MembershipAnswer {
+    /// Whether the answering node is the leader.
+    pub leader: bool,
+    /// The log index of the applied membership.
+    pub index: u64,
+    /// Its members (voters and learners).
+    pub members: Vec<NodeId>,
+}
+
+async fn write_frame(s: &mut (impl AsyncWrite + Unpin), body: &[u8]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(body);
-    s.write_all(&buf).await
+    s.write_all(&buf).await?;
+    s.flush().await
 }
 
-async fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+async fn read_frame(s: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
     let len = s.read_u32().await? as usize;
+    read_body(s, len).await
+}
+
+async fn read_body(s: &mut (impl AsyncRead + Unpin), len: usize) -> io::Result<Vec<u8>> {
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -114,22 +206,46 @@ pub(crate) enum CallError {
 pub struct Network {
     /// Idle connections by peer address; a call takes one out and puts it back on success,
     /// so concurrent calls to one peer use separate connections.
-    idle: Arc<Mutex<HashMap<String, Vec<TcpStream>>>>,
+    idle: Arc<Mutex<HashMap<String, Vec<PeerStream>>>>,
     /// The address outgoing peer connections are made from (this node's advertised IP),
     /// so that peer traffic is attributable to a node, e.g. by firewall rules.
     local_ip: Option<IpAddr>,
+    /// How every new connection authenticates itself and its peer.
+    auth: PeerAuth,
+    /// Set when this node, as a leader, has said it is stopping: openraft's own RPCs
+    /// (heartbeats) then stop, so that followers keep treating it as gone.
+    quiet: Arc<AtomicBool>,
 }
 
 impl Network {
-    /// A pool whose connections originate from `local_ip` when given.
-    pub fn new(local_ip: Option<IpAddr>) -> Self {
+    /// A pool whose connections originate from `local_ip` when given and authenticate
+    /// with `auth`.
+    pub fn new(local_ip: Option<IpAddr>, auth: PeerAuth) -> Self {
         Network {
             idle: Arc::default(),
             local_ip,
+            auth,
+            quiet: Arc::default(),
         }
     }
 
-    async fn connect(&self, addr: &str) -> io::Result<TcpStream> {
+    /// Stops openraft's RPCs from this node (see `quiet`).
+    pub(crate) fn go_quiet(&self) {
+        self.quiet.store(true, Ordering::Relaxed);
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed)
+    }
+
+    /// A new, authenticated connection to `addr`.
+    async fn connect(&self, addr: &str) -> io::Result<PeerStream> {
+        let s = self.connect_tcp(addr).await?;
+        let _ = s.set_nodelay(true);
+        self.auth.connect(s, addr).await
+    }
+
+    async fn connect_tcp(&self, addr: &str) -> io::Result<TcpStream> {
         let Some(ip) = self.local_ip else {
             return TcpStream::connect(addr).await;
         };
@@ -158,7 +274,7 @@ impl Network {
         Err(last)
     }
 
-    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+    fn take_idle(&self, addr: &str) -> Option<PeerStream> {
         self.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -166,11 +282,22 @@ impl Network {
             .and_then(|v| v.pop())
     }
 
-    fn put_idle(&self, addr: &str, s: TcpStream) {
+    fn put_idle(&self, addr: &str, s: PeerStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let v = idle.entry(addr.to_string()).or_default();
         if v.len() < MAX_IDLE {
             v.push(s);
+        }
+    }
+
+    /// Opens and authenticates a connection to `addr` within `ttl`, then closes it.
+    pub(crate) async fn probe(&self, addr: &str, ttl: Duration) -> io::Result<()> {
+        match tokio::time::timeout(ttl, self.connect(addr)).await {
+            Ok(r) => r.map(drop),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no authenticated connection to {addr} within {ttl:?}"),
+            )),
         }
     }
 
@@ -205,7 +332,6 @@ impl Network {
             ))
         })?
         .map_err(CallError::Unreachable)?;
-        let _ = s.set_nodelay(true);
         self.exchange(addr, s, &body, deadline)
             .await
             .map_err(CallError::Failed)
@@ -214,7 +340,7 @@ impl Network {
     async fn exchange(
         &self,
         addr: &str,
-        mut s: TcpStream,
+        mut s: PeerStream,
         body: &[u8],
         deadline: tokio::time::Instant,
     ) -> io::Result<PeerResponse> {
@@ -258,6 +384,11 @@ fn to_rpc_error<E: std::error::Error>(e: CallError) -> RPCError<NodeId, Node, E>
     }
 }
 
+fn quiet<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
+    let e = io::Error::other("this node is stopping");
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, Node, E> {
     let e = io::Error::new(
         io::ErrorKind::InvalidData,
@@ -272,6 +403,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if self.net.is_quiet() {
+            return Err(quiet());
+        }
         let n = rpc.entries.len() as u64;
         if n > 1 {
             let bytes: u64 = rpc
@@ -279,8 +413,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 .iter()
                 .map(|e| bincode::serialized_size(e).unwrap_or(0))
                 .sum();
-            if bytes > MAX_APPEND_BYTES as u64 {
-                let fit = n * MAX_APPEND_BYTES as u64 / bytes;
+            if bytes > MAX_APPEND_BYTES {
+                let fit = n * MAX_APPEND_BYTES / bytes;
                 return Err(RPCError::PayloadTooLarge(
                     PayloadTooLarge::new_entries_hint(fit.clamp(1, n - 1)),
                 ));
@@ -307,6 +441,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if self.net.is_quiet() {
+            return Err(quiet());
+        }
         match self
             .net
             .call(&self.addr, &PeerRequest::Snapshot(rpc), option.hard_ttl())
@@ -325,6 +462,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        if self.net.is_quiet() {
+            return Err(quiet());
+        }
         match self
             .net
             .call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl())
@@ -339,29 +479,60 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// How long after a leader's stopping notice its own appends are taken for ones sent before
+/// the notice (see `LeaderContact::touch`).
+const STRAGGLER_GRACE: Duration = Duration::from_secs(1);
+
 /// What this node has heard from leaders, beyond what openraft tracks. Shared by the
 /// transport (which records it) and the `Store` (readiness, redirects).
-#[derive(Clone, Default)]
-pub(crate) struct LeaderContact(Arc<std::sync::Mutex<ContactState>>);
+#[derive(Clone)]
+pub(crate) struct LeaderContact {
+    state: Arc<std::sync::Mutex<ContactState>>,
+    /// How long a "leader stopping" notice counts without a later append: long enough that
+    /// every follower has timed out on that leader by then and elects anew anyway.
+    stop_notice_ttl: Duration,
+}
 
 #[derive(Default)]
 struct ContactState {
     /// When entries or a heartbeat were last accepted from a leader. After a restart, a
     /// stored vote names a leader that may be long gone, so knowing a leader is not the
     /// same as hearing from one.
-    last: Option<std::time::Instant>,
-    /// A leader that said it is stopping, and its term: until a new term, it is no leader
-    /// to send clients to.
-    stopped: Option<(NodeId, u64)>,
+    last: Option<Instant>,
+    /// A leader that said it is stopping, its term and when it said so: until the next
+    /// accepted append or the notice's time-to-live, it is no leader to send clients to.
+    stopped: Option<(NodeId, u64, Instant)>,
 }
 
 impl LeaderContact {
-    fn state(&self) -> std::sync::MutexGuard<'_, ContactState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn new(stop_notice_ttl: Duration) -> Self {
+        LeaderContact {
+            state: Arc::default(),
+            stop_notice_ttl,
+        }
     }
 
-    fn touch(&self) {
-        self.state().last = Some(std::time::Instant::now());
+    fn state(&self) -> std::sync::MutexGuard<'_, ContactState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An append from `leader` in `term` was accepted: that leader is alive, whatever
+    /// anyone said, so a stopping notice is cleared. Except just after a notice from that
+    /// very leader: its appends sent before the notice may still arrive after it (each is
+    /// bounded by its RPC deadline, one heartbeat interval), and they prove nothing.
+    fn touch(&self, leader: Option<NodeId>, term: u64) {
+        let mut s = self.state();
+        s.last = Some(Instant::now());
+        let straggler = s.stopped.is_some_and(|(l, t, at)| {
+            Some(l) == leader && t == term && at.elapsed() < STRAGGLER_GRACE
+        });
+        if !straggler {
+            s.stopped = None;
+        }
+    }
+
+    fn leader_stopping(&self, leader: NodeId, term: u64) {
+        self.state().stopped = Some((leader, term, Instant::now()));
     }
 
     /// How long ago a leader was last heard from, if ever since start-up.
@@ -369,24 +540,38 @@ impl LeaderContact {
         self.state().last.map(|t| t.elapsed())
     }
 
-    /// Whether `leader` said it was stopping while leading in `term`.
+    /// Whether `leader` said it was stopping while leading in `term`, recently enough
+    /// that the notice still counts.
     pub(crate) fn has_stopped(&self, leader: NodeId, term: u64) -> bool {
-        self.state().stopped == Some((leader, term))
+        self.state().stopped.is_some_and(|(l, t, at)| {
+            l == leader && t == term && at.elapsed() < self.stop_notice_ttl
+        })
     }
 }
 
-/// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves. `on_removed` is
-/// called when the leader says this node has been removed (unless this node has since seen
-/// a newer membership that includes it: a notice delayed past a re-join is stale).
-/// Accepted appends are recorded in `contact`.
+/// What the transport needs from the rest of the node beyond openraft.
+pub(crate) struct Hooks {
+    /// Called with a removal notice (the removed node's id and the membership log index
+    /// that removed it): the `Store` checks it before acting on it.
+    pub(crate) removal_notice: Box<dyn Fn(NodeId, u64) + Send + Sync>,
+    /// This node's answer to a membership query.
+    pub(crate) membership: Box<dyn Fn() -> io::Result<MembershipAnswer> + Send + Sync>,
+    /// Accepted appends are recorded here; stopping notices too.
+    pub(crate) contact: LeaderContact,
+    /// Refusals are counted here.
+    pub(crate) stats: Arc<PeerStats>,
+    pub(crate) auth: PeerAuth,
+}
+
+/// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves.
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft,
-    on_removed: Arc<dyn Fn() + Send + Sync>,
-    contact: LeaderContact,
+    hooks: Arc<Hooks>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
@@ -400,63 +585,120 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            hooks.stats.reject(
+                "connection_limit",
+                peer,
+                &format!("{MAX_CONNS} peer connections are open already"),
+            );
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
-        let on_removed = on_removed.clone();
-        let contact = contact.clone();
+        let hooks = hooks.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(stream, raft, on_removed, contact).await {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    log::debug!("raft transport: connection from {peer} closed: {e}");
+            let authed = tokio::time::timeout(HANDSHAKE_TIMEOUT, hooks.auth.accept(stream)).await;
+            let s = match authed {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return hooks.stats.reject("handshake", peer, &e),
+                Err(_) => {
+                    return hooks.stats.reject(
+                        "handshake",
+                        peer,
+                        &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    )
                 }
-            }
+            };
+            serve_conn(s, peer, raft, &hooks).await;
+            drop(slot);
         });
     }
 }
 
-async fn serve_conn(
-    mut s: TcpStream,
-    raft: Raft,
-    on_removed: Arc<dyn Fn() + Send + Sync>,
-    contact: LeaderContact,
-) -> io::Result<()> {
+/// Answers one authenticated connection's requests in order, until it closes, idles out,
+/// or sends something that is refused.
+async fn serve_conn(mut s: PeerStream, peer: SocketAddr, raft: Raft, hooks: &Hooks) {
     loop {
-        let body = read_frame(&mut s).await?;
-        let req: PeerRequest = decode(&body)?;
-        let resp = match req {
-            PeerRequest::Append(r) => {
-                let resp = raft.append_entries(r).await;
-                // Anything but "your vote is stale" comes from the current leader.
-                if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                    contact.touch();
+        let len = match tokio::time::timeout(IDLE_TIMEOUT, s.read_u32()).await {
+            Err(_) => return log::debug!("raft transport: closing idle connection from {peer}"),
+            Ok(Err(e)) => {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    log::debug!("raft transport: connection from {peer} closed: {e}");
                 }
-                PeerResponse::Append(resp)
+                return;
             }
-            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
-            PeerRequest::Removed {
-                node_id,
-                membership_index,
-            } => {
-                let (me, rejoined) = {
-                    let m = raft.metrics();
-                    let m = m.borrow();
-                    let mem = &m.membership_config;
-                    let newer = mem.log_id().is_some_and(|l| l.index > membership_index);
-                    (m.id, newer && mem.membership().get_node(&m.id).is_some())
-                };
-                if node_id == me && !rejoined {
-                    log::warn!("the leader says this node was removed from the cluster");
-                    on_removed();
-                }
-                PeerResponse::Ack
-            }
-            PeerRequest::LeaderStopping { node_id, term } => {
-                log::info!("the leader says it is stopping; waiting for a new one");
-                contact.state().stopped = Some((node_id, term));
-                PeerResponse::Ack
+            Ok(Ok(len)) => len as usize,
+        };
+        if len > MAX_FRAME {
+            return hooks.stats.reject(
+                "frame_too_large",
+                peer,
+                &format!("a frame of {len} bytes (at most {MAX_FRAME})"),
+            );
+        }
+        let body = match tokio::time::timeout(FRAME_TIMEOUT, read_body(&mut s, len)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return hooks.stats.reject("frame_read", peer, &e),
+            Err(_) => {
+                return hooks.stats.reject(
+                    "slow_frame",
+                    peer,
+                    &format!("a {len}-byte frame did not arrive within {FRAME_TIMEOUT:?}"),
+                )
             }
         };
-        write_frame(&mut s, &encode(&resp)?).await?;
+        let req: PeerRequest = match decode(&body) {
+            Ok(r) => r,
+            Err(e) => return hooks.stats.reject("malformed", peer, &e),
+        };
+        let resp = match handle(req, &raft, hooks).await {
+            Ok(r) => r,
+            Err(e) => return log::warn!("raft transport: answering {peer}: {e}"),
+        };
+        let sent = match encode(&resp) {
+            Ok(b) => tokio::time::timeout(FRAME_TIMEOUT, write_frame(&mut s, &b)).await,
+            Err(e) => return log::warn!("raft transport: encoding a response to {peer}: {e}"),
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            return log::debug!("raft transport: could not answer {peer}");
+        }
     }
+}
+
+async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<PeerResponse> {
+    Ok(match req {
+        PeerRequest::Append(r) => {
+            let from = r.vote.leader_id().voted_for();
+            let term = r.vote.leader_id().get_term();
+            let resp = raft.append_entries(r).await;
+            // Anything but "your vote is stale" comes from the current leader.
+            if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                hooks.contact.touch(from, term);
+            }
+            PeerResponse::Append(resp)
+        }
+        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+        PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
+        PeerRequest::Removed {
+            node_id,
+            membership_index,
+        } => {
+            (hooks.removal_notice)(node_id, membership_index);
+            PeerResponse::Ack
+        }
+        PeerRequest::LeaderStopping { node_id, term } => {
+            let current = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                m.current_leader == Some(node_id) && m.current_term == term
+            };
+            // Only the leader this node follows, in its current term, can be stopping.
+            if current {
+                log::info!("the leader says it is stopping; waiting for a new one");
+                hooks.contact.leader_stopping(node_id, term);
+            }
+            PeerResponse::Ack
+        }
+        PeerRequest::Membership => PeerResponse::Membership((hooks.membership)()?),
+    })
 }

@@ -28,16 +28,25 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::log_store::LogStore;
 use crate::network;
+use crate::network::MembershipAnswer;
 use crate::network::Network;
 use crate::network::PeerRequest;
+use crate::network::PeerResponse;
+use crate::peer_auth::PeerAuth;
 use crate::snapshot;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
 use crate::types::node_id_for;
-use crate::types::Command;
 use crate::types::Node;
 use crate::types::NodeId;
+use crate::types::Op;
 use crate::types::Raft;
+use crate::types::MAX_ENTRY_BYTES;
+
+/// Backups built or streamed at once, at most.
+pub const MAX_BACKUPS: usize = 2;
+/// The longest a membership change waits for the one before it to finish.
+const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +80,8 @@ pub struct Options {
     pub join_timeout: Duration,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
+    /// How peer connections (and joins) are authenticated.
+    pub peer_auth: PeerAuth,
 }
 
 impl Options {
@@ -87,6 +98,7 @@ impl Options {
             join_timeout: Duration::from_secs(60),
             heartbeat_ms: 150,
             election_timeout_ms: (800, 1600),
+            peer_auth: PeerAuth::None,
         }
     }
 }
@@ -148,6 +160,8 @@ pub struct Metrics {
     pub replication_lag: Vec<(String, u64)>,
     /// RocksDB sizes by column family.
     pub rocksdb: Vec<db::CfSize>,
+    /// Refused peer connections by reason.
+    pub peer_rejected: Vec<(String, u64)>,
 }
 
 /// A running hraftd node. Cheap to share behind an `Arc`.
@@ -178,6 +192,13 @@ pub struct Store {
     contact: network::LeaderContact,
     /// Shares one leadership confirmation among concurrent consistent reads.
     reads: batch::ReadBarrier,
+    /// Refused peer connections by reason (for `/metrics`).
+    peer_stats: Arc<network::PeerStats>,
+    /// Backups being built or streamed; at most [`MAX_BACKUPS`] at once, since each holds
+    /// a full copy of the data on disk until its reader is done.
+    backups: Arc<tokio::sync::Semaphore>,
+    /// Set while a removal notice is being checked, so a flood of notices runs one check.
+    checking_removal: Arc<std::sync::atomic::AtomicBool>,
     /// Serializes membership changes on the leader, so concurrent joins queue up instead
     /// of failing with "change in progress".
     membership_lock: tokio::sync::Mutex<()>,
@@ -251,6 +272,8 @@ impl Store {
             election_timeout_min: opts.election_timeout_ms.0,
             election_timeout_max: opts.election_timeout_ms.1,
             install_snapshot_timeout: 10_000,
+            // One chunk per peer frame, well under `network::MAX_FRAME`.
+            snapshot_max_chunk_size: 1 << 20,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: opts.snapshot_threshold.min(1000),
             max_payload_entries: 256,
@@ -275,11 +298,15 @@ impl Store {
                     .ok()
             })
             .filter(|ip| !ip.is_unspecified());
-        let net = Network::new(local_ip);
+        let net = Network::new(local_ip, opts.peer_auth.clone());
         let raft = Raft::new(id, Arc::new(config), net.clone(), log_store, sm)
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
         let (removed, _) = watch::channel(false);
+        // A stopping leader's notice lapses after two maximum election timeouts: by then
+        // every follower has timed out on it and started an election.
+        let contact =
+            network::LeaderContact::new(Duration::from_millis(2 * opts.election_timeout_ms.1));
         let writer = batch::Writer::spawn(raft.clone());
         let reads = batch::ReadBarrier::spawn(raft.clone());
         let store = Arc::new(Store {
@@ -294,7 +321,10 @@ impl Store {
             net,
             committed,
             startup_commit,
-            contact: network::LeaderContact::default(),
+            contact,
+            peer_stats: Arc::default(),
+            backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
+            checking_removal: Arc::default(),
             removed,
             removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -313,6 +343,7 @@ impl Store {
         let id = self.id;
         let removed = self.removed.clone();
         let floor = self.removal_floor.clone();
+        let reader = self.reader.clone();
         tokio::spawn(async move {
             let mut view = MembershipView::default();
             loop {
@@ -324,8 +355,12 @@ impl Store {
                         mem.membership().get_node(&id).is_some(),
                     )
                 };
-                if view.removed(floor.load(Ordering::Relaxed), index, present) {
-                    log::warn!("this node is no longer in the cluster's membership");
+                // The membership openraft reports may not be committed yet: act only once the
+                // applied (committed) one agrees.
+                if view.removed(floor.load(Ordering::Relaxed), index, present)
+                    && applied_without(&reader, id, index.unwrap_or(0))
+                {
+                    log::warn!("this node is no longer in the cluster's committed membership");
                     removed.send_replace(true);
                     return;
                 }
@@ -351,17 +386,132 @@ impl Store {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let removed = self.removed.clone();
-        let on_removed = Arc::new(move || {
-            removed.send_replace(true);
-        });
+        let weak = Arc::downgrade(self);
+        let reader = self.reader.clone();
+        let raft = self.raft.clone();
+        let hooks = network::Hooks {
+            removal_notice: Box::new(move |node_id, index| {
+                if let Some(store) = weak.upgrade() {
+                    store.on_removal_notice(node_id, index);
+                }
+            }),
+            membership: Box::new(move || {
+                let (index, m) = reader.membership()?;
+                let leader = raft.metrics().borrow().state == ServerState::Leader;
+                Ok(MembershipAnswer {
+                    leader,
+                    index,
+                    members: m.membership().nodes().map(|(id, _)| *id).collect(),
+                })
+            }),
+            contact: self.contact.clone(),
+            stats: self.peer_stats.clone(),
+            auth: self.opts.peer_auth.clone(),
+        };
         tokio::spawn(network::serve(
             listener,
             self.raft.clone(),
-            on_removed,
-            self.contact.clone(),
+            Arc::new(hooks),
             shutdown,
         ))
+    }
+
+    /// A peer says this node was removed by the membership change at log index `index`.
+    /// That is only a hint: it is acted on once this node's applied membership, or the
+    /// leader asked over the authenticated channel, confirms it.
+    fn on_removal_notice(self: &Arc<Self>, node_id: NodeId, index: u64) {
+        if node_id != self.id {
+            return log::warn!("ignoring a removal notice for another node ({node_id})");
+        }
+        if self.checking_removal.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let confirmed = store.removal_confirmed(index).await;
+            store.checking_removal.store(false, Ordering::Release);
+            match confirmed {
+                Ok(()) => {
+                    log::warn!("removed from the cluster at log {index} (confirmed)");
+                    store.removed.send_replace(true);
+                }
+                Err(why) => log::warn!("ignoring a removal notice: {why}"),
+            }
+        });
+    }
+
+    /// Whether this node's removal at `index` is confirmed, and if not, why.
+    async fn removal_confirmed(&self, index: u64) -> std::result::Result<(), String> {
+        if self.removal_floor.load(Ordering::Relaxed) == u64::MAX {
+            return Err("this node is still joining".into());
+        }
+        if applied_without(&self.reader, self.id, index) {
+            return Ok(());
+        }
+        let (leader, addr) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let leader = m.current_leader.filter(|l| *l != self.id);
+            let addr = leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.raft_addr.clone())
+            });
+            (leader, addr)
+        };
+        let (Some(_), Some(addr)) = (leader, addr) else {
+            return Err(
+                "this node's applied membership still lists it and no other leader is known to ask"
+                    .into(),
+            );
+        };
+        match self
+            .net
+            .call(&addr, &PeerRequest::Membership, Duration::from_secs(2))
+            .await
+        {
+            Ok(PeerResponse::Membership(a)) if a.leader && a.index >= index => {
+                if a.members.contains(&self.id) {
+                    Err(format!("the leader at {addr} still lists this node"))
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(PeerResponse::Membership(_)) => Err(format!(
+                "{addr} is not the leader or has not applied log {index}"
+            )),
+            Ok(_) => Err(format!("{addr} gave an unexpected answer")),
+            Err(e) => Err(format!("could not ask the leader at {addr}: {e:?}")),
+        }
+    }
+
+    /// How this node authenticates peers: `none`, `cluster-key` or `mtls`.
+    pub fn peer_auth(&self) -> &PeerAuth {
+        &self.opts.peer_auth
+    }
+
+    /// Why this node is not alive, if so: openraft stopped on a fatal error.
+    pub fn not_live(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match &m.running_state {
+            Err(e) => Some(format!("raft stopped: {e}")),
+            Ok(()) => None,
+        }
+    }
+
+    /// Resolves with the reason if openraft stops on a fatal (e.g. storage) error.
+    pub async fn fatal_error(&self) -> String {
+        let mut rx = self.raft.metrics();
+        let r = rx
+            .wait_for(|m| m.running_state.is_err())
+            .await
+            .map(|m| m.running_state.clone());
+        match r {
+            Ok(Err(e)) => e.to_string(),
+            _ => "raft stopped".into(),
+        }
     }
 
     /// Whether this node has Raft state (it bootstrapped or joined before).
@@ -396,12 +546,25 @@ impl Store {
 
     /// Streams a consistent image of the applied state, taken at `level` (as for reads:
     /// `Default` and `Consistent` only on the leader).
-    pub async fn backup(&self, level: ReadLevel) -> Result<crate::Backup> {
+    ///
+    /// At most [`MAX_BACKUPS`] exist at once: the returned permit must be held until the
+    /// backup has been sent (each one is a full copy of the data on disk until then).
+    pub async fn backup(
+        &self,
+        level: ReadLevel,
+    ) -> Result<(crate::Backup, tokio::sync::OwnedSemaphorePermit)> {
+        let Ok(permit) = self.backups.clone().try_acquire_owned() else {
+            return Err(Error::Unavailable(format!(
+                "{MAX_BACKUPS} backups are already being sent; retry later"
+            )));
+        };
         self.ensure_level(level).await?;
-        self.reader
+        let b = self
+            .reader
             .backup(self.opts.data_dir.join("backups"))
             .await
-            .map_err(|e| Error::io("building a backup", e))
+            .map_err(|e| Error::io("building a backup", e))?;
+        Ok((b, permit))
     }
 
     /// Fails unless this node may serve a read at `level` now; for `Consistent`, also waits
@@ -444,18 +607,33 @@ impl Store {
 
     /// Sets every pair in one log entry; returns its log index once applied.
     pub async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64> {
-        self.write(Command::Set { pairs }).await
+        self.write(Op::Set { pairs }).await
     }
 
     /// Deletes `key` (a no-op if it is absent); returns the log index once applied.
     pub async fn delete(&self, key: String) -> Result<u64> {
-        self.write(Command::Delete { key }).await
+        self.write(Op::Delete { key }).await
     }
 
-    async fn write(&self, cmd: Command) -> Result<u64> {
+    async fn write(&self, op: Op) -> Result<u64> {
         self.check_leader()?;
         let t = self.opts.write_timeout;
-        match tokio::time::timeout(t, self.writer.write(cmd)).await {
+        let pending = match self.writer.write(op) {
+            Ok(p) => p,
+            Err(batch::Refused::TooLarge { bytes }) => {
+                return Err(Error::TooLarge(format!(
+                    "the request encodes to {bytes} bytes; one log entry holds at most {MAX_ENTRY_BYTES}"
+                )))
+            }
+            Err(batch::Refused::Busy) => {
+                return Err(Error::Unavailable(
+                    "too many writes are waiting to commit; retry later".into(),
+                ))
+            }
+            Err(batch::Refused::Closed) => return Err(Error::ShuttingDown),
+        };
+        // On timeout `pending` is dropped, which withdraws the request if it is still queued.
+        match tokio::time::timeout(t, pending).await {
             Err(_) => Err(Error::Timeout {
                 what: "write (outcome unknown: it may still commit)".into(),
                 after: t,
@@ -514,7 +692,8 @@ impl Store {
             ));
         }
         self.check_leader()?;
-        let _guard = self.membership_lock.lock().await;
+        self.probe_peer(&node).await?;
+        let _guard = self.lock_membership().await?;
         let id = node_id_for(&node.name);
         let (existing, is_voter) = {
             let m = self.raft.metrics().borrow().clone();
@@ -558,7 +737,21 @@ impl Store {
                 resp.log_id.index
             );
         }
-        self.wait_caught_up(id, &node.name).await?;
+        if let Err(e) = self.wait_caught_up(id, &node.name).await {
+            // Do not leave a learner behind that never caught up: the leader would keep
+            // replicating to it. (Only a learner: a voter's removal is an explicit /remove.)
+            if !is_voter {
+                log::warn!("join: {} failed ({e}); removing it as a learner", node.name);
+                let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+                if let Err(r) = self
+                    .change_membership(change, "removing the learner of a failed join")
+                    .await
+                {
+                    log::warn!("join: could not remove the learner {}: {r}", node.name);
+                }
+            }
+            return Err(e);
+        }
         let index = self
             .change_membership(
                 ChangeMembers::AddVoterIds(BTreeSet::from([id])),
@@ -567,6 +760,49 @@ impl Store {
             .await?;
         log::info!("join: {node} is a voter at log {index}");
         Ok(index)
+    }
+
+    /// Waits (bounded) for the membership lock.
+    async fn lock_membership(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::time::timeout(MEMBERSHIP_LOCK_WAIT, self.membership_lock.lock())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "waiting for another membership change to finish".into(),
+                after: MEMBERSHIP_LOCK_WAIT,
+            })
+    }
+
+    /// Dials a joining node's Raft address through the peer handshake: only a node that
+    /// holds the cluster key (or a certificate from the cluster's CA) can become a member.
+    async fn probe_peer(&self, node: &Node) -> Result<()> {
+        match self
+            .net
+            .probe(&node.raft_addr, Duration::from_secs(5))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(Error::Forbidden(format!(
+                    "{} at {} failed peer authentication ({}): {e}",
+                    node.name,
+                    node.raft_addr,
+                    self.opts.peer_auth.mode()
+                )))
+            }
+            Err(e)
+                if self.opts.peer_auth.mode() == "mtls"
+                    && e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Err(Error::Forbidden(format!(
+                    "{} at {} failed mutual TLS: {e}",
+                    node.name, node.raft_addr
+                )))
+            }
+            Err(e) => Err(Error::Unavailable(format!(
+                "cannot reach {} at its raft address {}: {e}",
+                node.name, node.raft_addr
+            ))),
+        }
     }
 
     /// Waits until the leader has replicated its whole log to `id`.
@@ -620,7 +856,7 @@ impl Store {
     /// Removes the member called `name`. The removed node is told, and shuts itself down.
     pub async fn remove(&self, name: &str) -> Result<()> {
         self.check_leader()?;
-        let _guard = self.membership_lock.lock().await;
+        let _guard = self.lock_membership().await?;
         let id = node_id_for(name);
         let (node, is_voter) = {
             let m = self.raft.metrics().borrow().clone();
@@ -756,6 +992,7 @@ impl Store {
             snapshot_bytes,
             replication_lag,
             rocksdb: db::sizes(&self.db),
+            peer_rejected: self.peer_stats.rejected(),
         }
     }
 
@@ -816,7 +1053,9 @@ impl Store {
             _ => self.raft.metrics().borrow().clone(),
         };
         // Tell the others, so that until they elect a new leader they answer clients
-        // "no leader" (503, retry) instead of redirecting them here.
+        // "no leader" (503, retry) instead of redirecting them here; no heartbeat may
+        // follow the notice (an append clears it).
+        self.net.go_quiet();
         let req = PeerRequest::LeaderStopping {
             node_id: me,
             term: m.current_term,
@@ -846,6 +1085,18 @@ impl Store {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("flushing RocksDB at shutdown: {e}"),
             Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
+        }
+    }
+}
+
+/// Whether the applied (committed) membership, from log index `at_least` on, no longer
+/// lists `id`.
+fn applied_without(reader: &StateReader, id: NodeId, at_least: u64) -> bool {
+    match reader.membership() {
+        Ok((index, m)) => index >= at_least && m.membership().get_node(&id).is_none(),
+        Err(e) => {
+            log::warn!("reading the applied membership: {e}");
+            false
         }
     }
 }

@@ -81,6 +81,7 @@ pub(crate) fn build(
         last_membership: membership,
         snapshot_id,
     };
+    check_id(&meta.snapshot_id)?;
     let tmp = dir.join(format!("{}.building", meta.snapshot_id));
     let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     write_header(&mut w, &meta)?;
@@ -99,9 +100,28 @@ pub(crate) fn build(
     Ok((meta, tmp, count))
 }
 
+/// Refuses a snapshot id that could not safely be part of a file name: ids arrive from the
+/// network, and `../x` or `/etc/x` must never become a path. Ours look like `7-1234-1700000000000`.
+pub(crate) fn check_id(id: &str) -> io::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "snapshot id {:?} is not 1-64 letters, digits, '-' or '_'",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
 /// Renames a complete, fsynced file into place as the snapshot `meta` and syncs the
 /// directory. Returns the final path.
 pub(crate) fn publish(tmp: &Path, dir: &Path, meta: &SnapshotMeta) -> io::Result<PathBuf> {
+    check_id(&meta.snapshot_id)?;
     let path = final_path(dir, meta);
     fs::rename(tmp, &path)?;
     sync_dir(dir)?;
@@ -330,6 +350,23 @@ mod tests {
         w.write_all(&(records.len() as u64).to_be_bytes()).unwrap();
         w.write_all(&crc.finalize().to_be_bytes()).unwrap();
         path
+    }
+
+    #[test]
+    fn snapshot_ids_from_the_network_never_become_paths() {
+        assert!(check_id("7-1234-1700000000000").is_ok());
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "..",
+            "a.b",
+            "x\0",
+            &"9".repeat(65),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

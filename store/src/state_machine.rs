@@ -33,6 +33,7 @@ use crate::types::Applied;
 use crate::types::Command;
 use crate::types::Entry;
 use crate::types::LogId;
+use crate::types::Op;
 use crate::types::SnapshotFile;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
@@ -86,14 +87,33 @@ impl StateReader {
         .map_err(io::Error::other)?
     }
 
-    /// The value of `key` in the locally applied state.
+    /// The value of `key` in the locally applied state. Refused (not delayed) while a
+    /// snapshot install is replacing the state: that can take long, and the half-installed
+    /// state must never be read.
     pub async fn get(&self, key: &str) -> crate::Result<Option<String>> {
-        let _guard = self.install.read().await;
+        let Ok(_guard) = self.install.try_read() else {
+            return Err(crate::Error::Unavailable(
+                "a snapshot from the leader is being installed; retry shortly".into(),
+            ));
+        };
         let cf = self.db.cf_handle(db::CF_DATA).expect("data column family");
         match self.db.get_pinned_cf(cf, key.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
         }
+    }
+}
+
+impl StateReader {
+    /// The membership in the applied state (committed, since only committed entries are
+    /// applied) and the log index it comes from.
+    pub(crate) fn membership(&self) -> io::Result<(u64, StoredMembership)> {
+        let cf = self
+            .db
+            .cf_handle(db::CF_SM_META)
+            .expect("sm_meta column family");
+        let (_, m) = snapshot::read_applied(|k| self.db.get_cf(cf, k))?;
+        Ok((m.log_id().map(|l| l.index).unwrap_or(0), m))
     }
 }
 
@@ -134,14 +154,25 @@ impl StateMachine {
             .cf_handle(db::CF_SM_META)
             .expect("sm_meta column family");
         if let Some(name) = sm.db.get_cf(cf, KEY_INSTALLING).map_err(io::Error::other)? {
-            let path = sm
-                .snapshot_dir
-                .join(String::from_utf8_lossy(&name).as_ref());
-            log::warn!(
-                "finishing interrupted snapshot install from {}",
-                path.display()
-            );
-            install_file(&sm.db, &path)?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let id = name
+                .strip_suffix(&format!(".{}", snapshot::SUFFIX))
+                .unwrap_or("");
+            snapshot::check_id(id)?;
+            let path = sm.snapshot_dir.join(&name);
+            if path.exists() {
+                log::warn!(
+                    "finishing interrupted snapshot install from {}",
+                    path.display()
+                );
+                install_file(&sm.db, &path)?;
+            } else {
+                // The crash came before the snapshot was published: nothing was changed.
+                log::warn!("dropping the install of {name}, which never started");
+                sm.db
+                    .delete_cf_opt(cf, KEY_INSTALLING, &db::sync_write())
+                    .map_err(io::Error::other)?;
+            }
         }
         snapshot::retain_newest(&sm.snapshot_dir, true)?;
         Ok(sm)
@@ -189,6 +220,15 @@ fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
     Ok(meta)
 }
 
+/// A crash injected for tests: when `HRAFTD_TEST_FAILPOINT` names this point, the
+/// process aborts here, as a power cut would stop it.
+fn failpoint(name: &str) {
+    if std::env::var("HRAFTD_TEST_FAILPOINT").is_ok_and(|v| v == name) {
+        log::error!("test fail point {name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// Whether `file` is the file at `path` (same device and inode).
 async fn same_file(file: &tokio::fs::File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -209,17 +249,14 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
 
 /// Adds the effect of `cmd` to `batch`.
 fn apply_command(batch: &mut WriteBatch, data: &rocksdb::ColumnFamily, cmd: Command) {
-    match cmd {
-        Command::Set { pairs } => {
-            for (k, v) in pairs {
-                batch.put_cf(data, k.as_bytes(), v.as_bytes());
+    for op in cmd.into_ops() {
+        match op {
+            Op::Set { pairs } => {
+                for (k, v) in pairs {
+                    batch.put_cf(data, k.as_bytes(), v.as_bytes());
+                }
             }
-        }
-        Command::Delete { key } => batch.delete_cf(data, key.as_bytes()),
-        Command::Batch(cmds) => {
-            for c in cmds {
-                apply_command(batch, data, c);
-            }
+            Op::Delete { key } => batch.delete_cf(data, key.as_bytes()),
         }
     }
 }
@@ -354,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
+        snapshot::check_id(&meta.snapshot_id).map_err(|e| snap_err(Some(meta), e))?;
         // Normally `snapshot` is the file `begin_receiving_snapshot` created; then it is
         // renamed into place. Any other handle (openraft only promises *a* SnapshotData) is
         // copied into a new file first.
@@ -404,10 +442,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     got.snapshot_id, want.snapshot_id
                 )));
             }
+            // The "installing" marker goes down before the file is published: a snapshot
+            // in `snapshots/` is what openraft is told it has, so a crash must never leave
+            // one there that is ahead of the applied state without the marker that
+            // finishes its install at start-up (`StateMachine::open`).
+            let final_path = snapshot::final_path(&dir, &want);
+            let name = final_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let meta_cf = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+            db.put_cf_opt(meta_cf, KEY_INSTALLING, name.as_bytes(), &db::sync_write())
+                .map_err(io::Error::other)?;
             let path = {
                 let _files = lock_files(&files);
                 snapshot::publish(&incoming, &dir, &want)?
             };
+            failpoint("after-snapshot-publish");
             {
                 let _guard = install.blocking_write();
                 install_file(&db, &path)?;

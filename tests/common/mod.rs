@@ -71,6 +71,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
+    /// Environment variables for the process (e.g. a test fail point).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
@@ -164,6 +166,7 @@ impl TestCluster {
             dir: self.tmp.path().join(format!("node{i}")),
             log: self.tmp.path().join(format!("node{i}.log")),
             extra_args: self.extra_args.clone(),
+            env: Vec::new(),
             child: None,
         };
         self.nodes.push(node);
@@ -180,6 +183,7 @@ impl TestCluster {
             cmd.args(["-join", j]);
         }
         cmd.args(&n.extra_args).arg(&n.dir);
+        cmd.envs(n.env.iter().cloned());
         let log = File::options()
             .create(true)
             .append(true)
@@ -318,6 +322,57 @@ impl TestCluster {
                 .then_some(())
         })
         .await;
+    }
+
+    /// `/metrics` of node `i` as text.
+    pub async fn metrics_text(&self, i: usize) -> String {
+        self.client
+            .get(self.nodes[i].url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics on node{i}: {e}"))
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The value of one sample line (`name{labels}`) in node `i`'s `/metrics`, 0 if absent.
+    pub async fn metric(&self, i: usize, sample: &str) -> f64 {
+        self.metrics_text(i)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until node `i`'s log contains `text`.
+    pub async fn must_log(&self, i: usize, text: &str) {
+        let what = format!("node{i} to log {text:?}");
+        let log = self.nodes[i].log.clone();
+        let found = tokio::time::timeout(
+            DEADLINE,
+            wait_for(&what, DEADLINE, || {
+                let log = log.clone();
+                async move {
+                    std::fs::read_to_string(&log)
+                        .ok()?
+                        .contains(text)
+                        .then_some(())
+                }
+            }),
+        )
+        .await;
+        if found.is_err() {
+            panic!("{what}: timed out\n{}", self.logs());
+        }
+    }
+
+    /// Whether node `i`'s process is still running.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
     }
 
     /// Every running node's log tail.

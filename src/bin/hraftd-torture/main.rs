@@ -10,6 +10,7 @@
 
 mod checker;
 mod cluster;
+mod hostile;
 mod nemesis;
 mod net;
 mod workload;
@@ -47,6 +48,10 @@ struct Args {
     /// Loopback address of the first node; the others follow (.11, .12, .13 by default).
     #[arg(long, default_value = "127.0.0.11")]
     first_ip: std::net::Ipv4Addr,
+    /// Run every node with a new cluster key (-cluster-key), so the hostile peer's frames
+    /// must all be refused unread.
+    #[arg(long)]
+    cluster_key: bool,
     /// Where to write the report and, on a violation, the offending histories.
     #[arg(long, default_value = "torture-out")]
     out: PathBuf,
@@ -119,12 +124,20 @@ async fn run(args: Args) -> Result<bool, String> {
         .prefix("hraftd-torture")
         .tempdir()
         .map_err(|e| e.to_string())?;
+    let mut flags = vec!["-snapshot-threshold", "400", "-write-timeout", "2"];
+    let key = tmp.path().join("cluster.key");
+    let key_arg = key.display().to_string();
+    if args.cluster_key {
+        hraftd_store::ClusterKey::generate(&key).map_err(|e| e.to_string())?;
+        flags.extend(["-cluster-key", key_arg.as_str()]);
+        println!("torture: peers authenticate with a cluster key");
+    }
     let mut cluster = cluster::Cluster::new(
         bin,
         tmp.path().to_path_buf(),
         args.first_ip,
         args.nodes,
-        &["-snapshot-threshold", "400", "-write-timeout", "2"],
+        &flags,
     );
     cluster.keep_logs = Some(args.out.join("logs"));
     cluster.start_all().await?;
@@ -149,7 +162,7 @@ async fn run(args: Args) -> Result<bool, String> {
         history.clone(),
         stop.clone(),
     ));
-    let mut nemesis = nemesis::Nemesis::new(seed, firewall.as_ref());
+    let mut nemesis = nemesis::Nemesis::new(seed, firewall.as_ref(), args.cluster_key);
     let faults = nemesis.run(&mut cluster, &history, args.duration).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let keys = load.await.map_err(|e| e.to_string())?;
@@ -216,6 +229,8 @@ async fn run(args: Args) -> Result<bool, String> {
         final_read_missing,
         availability: nemesis::availability(&faults, &ops),
         unexpected_exits: &cluster.unexpected_exits,
+        hostile: nemesis.hostile,
+        keyed: args.cluster_key,
     };
     let ok = report.print(&args.out);
     drop(cluster);

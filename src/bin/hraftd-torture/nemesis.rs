@@ -18,6 +18,7 @@ use crate::checker::OpKind;
 use crate::checker::Outcome;
 use crate::checker::Verdict;
 use crate::cluster::Cluster;
+use crate::hostile;
 use crate::net::Firewall;
 use crate::workload;
 use crate::workload::History;
@@ -36,6 +37,11 @@ pub struct Fault {
 pub struct Nemesis<'a> {
     rng: StdRng,
     fw: Option<&'a Firewall>,
+    /// Whether the cluster runs with a cluster key (changes what the hostile peer sends
+    /// and what it checks).
+    keyed: bool,
+    /// What the hostile-peer faults saw.
+    pub hostile: hostile::Tally,
 }
 
 fn secs(rng: &mut StdRng, lo: f64, hi: f64) -> Duration {
@@ -43,10 +49,12 @@ fn secs(rng: &mut StdRng, lo: f64, hi: f64) -> Duration {
 }
 
 impl<'a> Nemesis<'a> {
-    pub fn new(seed: u64, fw: Option<&'a Firewall>) -> Self {
+    pub fn new(seed: u64, fw: Option<&'a Firewall>, keyed: bool) -> Self {
         Nemesis {
             rng: StdRng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
             fw,
+            keyed,
+            hostile: hostile::Tally::default(),
         }
     }
 
@@ -69,9 +77,12 @@ impl<'a> Nemesis<'a> {
             let n = c.nodes.len();
             let leader = c.leader().await;
             let net = self.fw.is_some();
-            let choice = self.rng.random_range(0..if net { 8 } else { 4 });
+            // The last choice is the hostile peer; the others are as before.
+            let kinds = if net { 9 } else { 5 };
+            let choice = self.rng.random_range(0..kinds);
             let at = history.now();
             let mut fault = match choice {
+                k if k == kinds - 1 => self.hostile_peer(c, leader).await,
                 0 | 1 => {
                     let i = match leader {
                         Some(l) if choice == 0 => l,
@@ -175,6 +186,49 @@ impl<'a> Nemesis<'a> {
             faults.push(fault);
         }
         faults
+    }
+
+    /// Forged and garbage frames from outside the cluster, for a few seconds, to every node.
+    async fn hostile_peer(&mut self, c: &Cluster, leader: Option<usize>) -> Fault {
+        let nodes: Vec<(String, String)> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    format!("{}:{}", n.ip, crate::cluster::RAFT_PORT),
+                )
+            })
+            .collect();
+        let leader_name = leader.map(|l| c.nodes[l].name.clone());
+        let term = match leader {
+            Some(l) => c
+                .status(l)
+                .await
+                .and_then(|s| s["term"].as_u64())
+                .unwrap_or(0),
+            None => 0,
+        };
+        let until = Instant::now() + secs(&mut self.rng, 2.0, 5.0);
+        let mut tally = hostile::Tally::default();
+        while Instant::now() < until {
+            let t = hostile::round(
+                &mut self.rng,
+                &nodes,
+                leader_name.as_deref(),
+                term,
+                self.keyed,
+            )
+            .await;
+            tally.add(t);
+        }
+        self.hostile.add(tally);
+        Fault {
+            at: 0,
+            kind: "hostile peer (forged + garbage frames)",
+            target: format!("all ({} connections)", tally.connections),
+            leader_fault: false,
+        }
     }
 
     /// Removes node `i` from the cluster, waits for it to exit, wipes its data and joins
@@ -435,6 +489,9 @@ pub struct Report<'a> {
     pub final_read_missing: usize,
     pub availability: Vec<Duration>,
     pub unexpected_exits: &'a [String],
+    /// The hostile-peer faults' tally, and whether the cluster had a key.
+    pub hostile: hostile::Tally,
+    pub keyed: bool,
 }
 
 impl Report<'_> {
@@ -469,7 +526,8 @@ impl Report<'_> {
             && control_ok
             && self.convergence.converged
             && self.final_read_missing == 0
-            && self.unexpected_exits.is_empty();
+            && self.unexpected_exits.is_empty()
+            && self.hostile.answered == 0;
 
         println!(
             "\n=== hraftd-torture report (seed {}, {:?}) ===",
@@ -506,6 +564,16 @@ impl Report<'_> {
             self.convergence.waited,
             self.convergence.detail
         );
+        println!(
+            "hostile peer: {} connections with forged or garbage frames; {} answered by a node{}",
+            self.hostile.connections,
+            self.hostile.answered,
+            if self.keyed {
+                " (with -cluster-key: must be 0)"
+            } else {
+                " (no cluster key: not checked)"
+            }
+        );
         match self.control {
             Some(c) => println!(
                 "negative control (stale read on a partitioned follower): {} (read {:?})",
@@ -533,6 +601,9 @@ impl Report<'_> {
             "unknown": unknown,
             "final_reads_missing": self.final_read_missing,
             "unexpected_exits": self.unexpected_exits,
+            "hostile_connections": self.hostile.connections,
+            "hostile_answered": self.hostile.answered,
+            "cluster_key": self.keyed,
             "converged": self.convergence.converged,
             "control": self.control.map(|c| c.caught),
             "availability_ms": avail.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
