@@ -390,7 +390,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries longer than asked; it never loses one too early).
         if self.guard_purge {
             let applied = self.applied_index().map_err(read_err)?;
-            if !applied.is_some_and(|a| a >= log_id.index) {
+            if applied.is_none_or(|a| a < log_id.index) {
                 return self.defer_purge(log_id);
             }
         }

@@ -222,7 +222,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 2 * MAC {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * MAC {
         return None;
     }
     (0..s.len())
