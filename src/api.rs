@@ -21,19 +21,24 @@ use hraftd_store::Store;
 /// The real store, as the HTTP layer sees it.
 pub struct Api(pub Arc<Store>);
 
+/// What each store error means to a client. (Status codes are chosen in one place only,
+/// `hraftd_httpd::error`, from the [`ApiError`] made here.)
 fn api_error(e: Error) -> ApiError {
     match e {
         Error::NotLeader { leader } => ApiError::NotLeader {
             leader_http: leader.map(|n| n.http_addr),
         },
         Error::Timeout { .. } => ApiError::Timeout(e.to_string()),
+        Error::OutcomeUnknown { .. } => ApiError::OutcomeUnknown(e.to_string()),
         Error::Unavailable(_) | Error::ShuttingDown => ApiError::Unavailable(e.to_string()),
         Error::Invalid(m) => ApiError::BadRequest(m),
         Error::TooLarge(m) => ApiError::TooLarge(m),
         Error::NotFound(m) => ApiError::NotFound(m),
         Error::Forbidden(m) => ApiError::Forbidden(m),
         Error::Conflict(m) => ApiError::Conflict(m),
-        Error::Storage(_) | Error::Io { .. } | Error::Raft(_) => ApiError::Internal(e.to_string()),
+        Error::Storage(_) | Error::Io { .. } | Error::Raft { .. } => {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -47,7 +52,7 @@ fn level(l: ReadLevel) -> hraftd_store::ReadLevel {
 
 fn node_info(n: Node) -> NodeInfo {
     NodeInfo {
-        id: n.name,
+        id: n.id,
         raft_addr: n.raft_addr,
         http_addr: n.http_addr,
     }
@@ -75,7 +80,7 @@ impl KvStore for Api {
 
     async fn join(&self, req: JoinRequest) -> Result<u64, ApiError> {
         let node = Node {
-            name: req.id,
+            id: req.id,
             raft_addr: req.addr,
             http_addr: req.http_addr,
         };
@@ -135,7 +140,7 @@ impl KvStore for Api {
 
 fn status(s: hraftd_store::Status, store: &Store) -> Status {
     Status {
-        id: s.name,
+        id: s.id,
         role: s.role.as_str().to_string(),
         term: s.term,
         leader: s.leader.map(node_info),
@@ -143,7 +148,7 @@ fn status(s: hraftd_store::Status, store: &Store) -> Status {
             .members
             .into_iter()
             .map(|m| MemberInfo {
-                id: m.node.name,
+                id: m.node.id,
                 raft_addr: m.node.raft_addr,
                 http_addr: m.node.http_addr,
                 voter: m.voter,

@@ -2,6 +2,7 @@
 //! address rules: `:port` binds every interface and is advertised as `127.0.0.1:port`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +19,21 @@ use hraftd_store::PeerAuth;
 ///
 /// The first node bootstraps a cluster; others join it with -join. A node restarted on
 /// its DATA_DIR resumes with the state there and ignores -join.
+///
+/// A DATA_DIR that does not exist yet is created only when it is given as a path
+/// (`./data`, `~/node0`, `/var/lib/hraftd`) or with --data-dir: a bare word such as
+/// `hraftd bootstrap` is refused as an unknown command instead of starting a new cluster
+/// in `./bootstrap`.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "hraftd",
     version,
-    after_help = "To seed a new single-node cluster from a backup (GET /backup):\n  \
-                  hraftd restore --from FILE [flags] DATA_DIR\n\
-                  To make a cluster key for -cluster-key (mode 0600):\n  \
-                  hraftd gen-key FILE"
+    after_help = "Commands:\n  \
+                  hraftd restore --from FILE [flags] DATA_DIR   seed a new single-node cluster \
+                  from a backup (GET /backup)\n  \
+                  hraftd gen-key FILE                           make a cluster key for \
+                  -cluster-key (mode 0600)\n\
+                  Durations take a unit (500ms, 5s, 2m); a bare number means seconds."
 )]
 pub struct Args {
     /// Node ID (a string). Default: the ID stored in DATA_DIR, else the advertised Raft address.
@@ -54,9 +62,10 @@ pub struct Args {
     /// Largest accepted request body, in bytes.
     #[arg(long = "body-limit", default_value_t = 1 << 20)]
     pub body_limit: usize,
-    /// Seconds a write waits to commit before answering "outcome unknown".
-    #[arg(long = "write-timeout", default_value_t = 5)]
-    pub write_timeout: u64,
+    /// How long a write waits to commit before answering "outcome unknown" (504); also
+    /// how long a consistent read waits for the leader's quorum round.
+    #[arg(long = "write-timeout", default_value = "5s", value_parser = duration)]
+    pub write_timeout: Duration,
     /// Longest key accepted, in bytes; longer keys get 400 on every write and read.
     #[arg(long = "max-key-bytes", default_value_t = 4096)]
     pub max_key_bytes: usize,
@@ -73,19 +82,77 @@ pub struct Args {
     /// The CA (PEM) that signs every member's peer certificate.
     #[arg(long = "peer-ca", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
-    /// Seconds to keep retrying -join before giving up.
-    #[arg(long = "join-timeout", default_value_t = 120)]
-    pub join_timeout: u64,
-    /// Data directory: Raft log, state machine and snapshots.
+    /// How long this joining node keeps retrying -join before it gives up and exits.
+    #[arg(long = "join-timeout", default_value = "120s", value_parser = duration)]
+    pub join_timeout: Duration,
+    /// On the leader: how long a joining node may take to catch up with the log before
+    /// it is promoted to voter; one that does not is removed again and its /join fails.
+    #[arg(long = "catch-up-timeout", default_value = "60s", value_parser = duration)]
+    pub catch_up_timeout: Duration,
+    /// Data directory: Raft log, state machine and snapshots (or give it as DATA_DIR).
+    #[arg(long = "data-dir", value_name = "DIR", conflicts_with = "dir")]
+    pub data_dir_flag: Option<PathBuf>,
+    /// Data directory: Raft log, state machine and snapshots. Created if missing only when
+    /// given as a path (with a `/`, e.g. ./data) or with --data-dir.
     #[arg(value_name = "DATA_DIR")]
+    pub dir: Option<PathBuf>,
+    /// The data directory, resolved from DATA_DIR or --data-dir by [`Args::resolve`].
+    #[arg(skip)]
     pub data_dir: PathBuf,
 }
 
 impl Args {
-    /// Parses `argv`, first turning Go-style `-flag` into `--flag`.
-    pub fn parse_go_style(argv: impl IntoIterator<Item = String>) -> Args {
-        Args::parse_from(go_style(argv))
+    /// Parses `argv`, first turning Go-style `-flag` into `--flag`; exits with clap's
+    /// message on a usage error.
+    pub fn parse_go_style(argv: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
+        Args::parse_from(go_style(argv)).resolve()
     }
+
+    /// Settles where the data directory is (see [`data_dir`]).
+    pub fn resolve(mut self) -> anyhow::Result<Args> {
+        self.data_dir = data_dir(self.data_dir_flag.as_deref(), self.dir.as_deref())?;
+        Ok(self)
+    }
+}
+
+/// The commands `hraftd` knows besides running a node (see `main`).
+pub const COMMANDS: &[&str] = &["restore", "gen-key"];
+
+/// The data directory from `--data-dir` or the positional DATA_DIR. A positional word
+/// that names nothing yet and has no `/` in it is taken for a mistyped or unknown command
+/// and refused, so that e.g. `hraftd hash-password` never bootstraps a cluster in
+/// `./hash-password`.
+pub fn data_dir(flag: Option<&Path>, positional: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match (flag, positional) {
+        (Some(d), None) => Ok(d.to_path_buf()),
+        (None, Some(d)) => {
+            let bare = !d.as_os_str().as_encoded_bytes().contains(&b'/');
+            if bare && !d.exists() {
+                bail!(
+                    "{:?} is not a hraftd command ({}) and no directory of that name exists; \
+                     to make a new data directory there, give it as a path (./{}) or with \
+                     --data-dir {}",
+                    d.display().to_string(),
+                    COMMANDS.join(", "),
+                    d.display(),
+                    d.display()
+                );
+            }
+            Ok(d.to_path_buf())
+        }
+        (None, None) => bail!("no data directory: give DATA_DIR (e.g. ~/node0) or --data-dir DIR"),
+        (Some(_), Some(_)) => bail!("give either DATA_DIR or --data-dir, not both"),
+    }
+}
+
+/// A duration with a unit (`500ms`, `5s`, `2m`), or a bare number of seconds, as the
+/// earlier whole-second flags took it.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 5s, 500ms): {e}"))
 }
 
 /// `-haddr` becomes `--haddr`; `-h`, `--x`, values and everything after `--` stay as they are.
@@ -156,8 +223,8 @@ pub fn port_of(addr: &str) -> anyhow::Result<u16> {
     Ok(split(addr)?.1)
 }
 
-/// The node's name and advertised Raft and HTTP addresses, given the ports actually bound:
-/// the name is `-id`, else the one stored in DATA_DIR, else the advertised Raft address.
+/// The node's id and advertised Raft and HTTP addresses, given the ports actually bound:
+/// the id is `-id`, else the one stored in DATA_DIR, else the advertised Raft address.
 pub fn identity(
     args: &Args,
     raft_port: u16,
@@ -165,12 +232,12 @@ pub fn identity(
 ) -> anyhow::Result<(String, String, String)> {
     let radv = advertised(args.radv.as_deref(), &args.raddr, raft_port)?;
     let hadv = advertised(args.hadv.as_deref(), &args.haddr, http_port)?;
-    let name = match (&args.id, hraftd_store::stored_name(&args.data_dir)) {
+    let id = match (&args.id, hraftd_store::stored_id(&args.data_dir)) {
         (Some(id), _) => id.clone(),
         (None, Some(stored)) => stored,
         (None, None) => radv.clone(),
     };
-    Ok((name, radv, hadv))
+    Ok((id, radv, hadv))
 }
 
 /// How this node authenticates peers, from -cluster-key or -peer-cert/-peer-key/-peer-ca.
@@ -196,21 +263,20 @@ pub fn peer_auth(args: &Args) -> anyhow::Result<PeerAuth> {
 }
 
 /// The store's options for a node started with `args` under this identity.
-pub fn node_options(args: &Args, name: &str, radv: &str, hadv: &str) -> anyhow::Result<Options> {
-    let mut opts = Options::new(name, radv, hadv, &args.data_dir);
+pub fn node_options(args: &Args, id: &str, radv: &str, hadv: &str) -> anyhow::Result<Options> {
+    if args.write_timeout < Duration::from_millis(100) {
+        bail!(
+            "-write-timeout {:?} is too short to commit anything; use at least 100ms",
+            args.write_timeout
+        );
+    }
+    let mut opts = Options::new(id, radv, hadv, &args.data_dir);
     opts.snapshot_threshold = args.snapshot_threshold;
-    opts.write_timeout = Duration::from_secs(args.write_timeout.max(1));
-    opts.read_timeout = opts.write_timeout;
+    opts.write_timeout = args.write_timeout;
+    opts.read_timeout = args.write_timeout;
+    opts.catch_up_timeout = args.catch_up_timeout;
     opts.peer_auth = peer_auth(args)?;
     Ok(opts)
-}
-
-/// A `-join` target as a dialable address (`:11000` means this host).
-pub fn dial_addr(addr: &str) -> String {
-    match addr.strip_prefix(':') {
-        Some(port) => format!("127.0.0.1:{port}"),
-        None => addr.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -246,17 +312,52 @@ mod tests {
             ":12001",
             "-join",
             ":11000,:11002",
+            "-write-timeout",
+            "2",
             "/tmp/n1",
-        ]));
+        ]))
+        .unwrap();
         assert_eq!(a.haddr, ":11001");
         assert_eq!(a.join, v(&[":11000", ":11002"]));
         assert_eq!(a.data_dir, PathBuf::from("/tmp/n1"));
         assert_eq!(a.snapshot_threshold, 10_000);
-        let d = Args::parse_go_style(v(&["hraftd", "/tmp/n0"]));
+        assert_eq!(a.write_timeout, Duration::from_secs(2));
+        assert_eq!(a.join_timeout, Duration::from_secs(120));
+        let d = Args::parse_go_style(v(&["hraftd", "/tmp/n0", "-write-timeout", "750ms"])).unwrap();
+        assert_eq!(d.write_timeout, Duration::from_millis(750));
         assert_eq!(
             (d.haddr.as_str(), d.raddr.as_str()),
             ("localhost:11000", "localhost:12000")
         );
+    }
+
+    /// Found by review: an unknown word was taken as DATA_DIR, so `hraftd hash-password`
+    /// bootstrapped a new cluster in `./hash-password`.
+    #[test]
+    fn an_unknown_command_is_not_a_new_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let word = Path::new("hash-password-not-here");
+        let e = data_dir(None, Some(word)).unwrap_err().to_string();
+        assert!(e.contains("not a hraftd command"), "{e}");
+        assert!(e.contains("./hash-password-not-here"), "{e}");
+        assert!(!word.exists());
+        // As a path, or with --data-dir, a new directory is fine; so is an existing one.
+        let p = PathBuf::from("./hash-password-not-here");
+        assert_eq!(data_dir(None, Some(&p)).unwrap(), p);
+        assert_eq!(data_dir(Some(word), None).unwrap(), word);
+        assert_eq!(data_dir(None, Some(tmp.path())).unwrap(), tmp.path());
+        assert!(data_dir(None, None).is_err());
+        assert!(Args::parse_go_style(v(&["hraftd", "hash-password-not-here"])).is_err());
+        let flag = Args::parse_go_style(v(&["hraftd", "--data-dir", "d0"])).unwrap();
+        assert_eq!(flag.data_dir, PathBuf::from("d0"));
+    }
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        assert_eq!(duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(duration("soon").is_err());
     }
 
     #[test]
@@ -279,6 +380,5 @@ mod tests {
             "127.0.0.1:4242"
         );
         assert!(advertised(None, "nonsense", 1).is_err());
-        assert_eq!(dial_addr(":11000"), "127.0.0.1:11000");
     }
 }

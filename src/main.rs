@@ -72,25 +72,27 @@ async fn run() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     if is_restore {
         let rest = argv[..1].iter().chain(&argv[2..]).cloned();
-        return restore::run(restore::RestoreArgs::parse_from(cli::go_style(rest))).await;
+        let mut args = restore::RestoreArgs::parse_from(cli::go_style(rest));
+        args.node = args.node.resolve()?;
+        return restore::run(args).await;
     }
-    let args = Args::parse_go_style(argv);
+    let args = Args::parse_go_style(argv)?;
 
     // 2. Listeners first: a busy port fails fast, before any state is touched.
     let raft_listener = listen(&args.raddr, "raft").await?;
     let http_listener = listen(&args.haddr, "HTTP").await?;
-    let (name, radv, hadv) = cli::identity(
+    let (id, radv, hadv) = cli::identity(
         &args,
         raft_listener.local_addr()?.port(),
         http_listener.local_addr()?.port(),
     )?;
     log::info!(
-        "node {name:?}: raft {radv}, http {hadv}, data {}",
+        "node {id:?}: raft {radv}, http {hadv}, data {}",
         args.data_dir.display()
     );
 
     // 3. Peer authentication, then open the store (RocksDB + openraft).
-    let opts = cli::node_options(&args, &name, &radv, &hadv)?;
+    let opts = cli::node_options(&args, &id, &radv, &hadv)?;
     match opts.peer_auth.mode() {
         "none" => log::warn!(
             "the raft port {} is UNAUTHENTICATED: anyone who can reach it can join, read and \
@@ -142,8 +144,7 @@ async fn run() -> anyhow::Result<()> {
         store.bootstrap().await.context("bootstrapping")?;
         store.watch_removal_after(0);
     } else {
-        let deadline = Duration::from_secs(args.join_timeout);
-        match join::join(&args.join, &name, &radv, &hadv, &join_key, deadline).await {
+        match join::join(&args.join, &id, &radv, &hadv, &join_key, args.join_timeout).await {
             Ok(index) => store.watch_removal_after(index),
             Err(e) => {
                 let _ = stop_tx.send(true);

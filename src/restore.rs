@@ -64,8 +64,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             )
         })?;
     }
-    let (name, radv, hadv) = cli::identity(a, cli::port_of(&a.raddr)?, cli::port_of(&a.haddr)?)?;
-    let mut opts = cli::node_options(a, &name, &radv, &hadv)?;
+    let (id, radv, hadv) = cli::identity(a, cli::port_of(&a.raddr)?, cli::port_of(&a.haddr)?)?;
+    let mut opts = cli::node_options(a, &id, &radv, &hadv)?;
     opts.data_dir = building.clone();
     let store = Store::open(opts)
         .await
@@ -107,7 +107,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         )
     })?;
     println!(
-        "restored {} keys (backup taken at index {}) into {} as node {name:?} (raft {radv}, http {hadv}).\n\
+        "restored {} keys (backup taken at index {}) into {} as node {id:?} (raft {radv}, http {hadv}).\n\
          Start it with the same flags, without `restore --from`; other nodes can then -join it.",
         info.keys,
         info.applied_index,

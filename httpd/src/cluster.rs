@@ -3,39 +3,25 @@
 use actix_web::web;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
+use hraftd_client::wire::JoinRequest;
+use hraftd_client::wire::JoinResponse;
+use hraftd_client::wire::RemoveRequest;
+use hraftd_client::wire::RemoveResponse;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::ApiError;
-use crate::error::Rejection;
 use crate::key::read_body;
 use crate::KvStore;
 use crate::Settings;
-
-/// `POST /join` body: the joining node's id, raft address and HTTP address.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct JoinRequest {
-    pub id: String,
-    pub addr: String,
-    pub http_addr: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct RemoveRequest {
-    id: String,
-}
 
 /// Reads and parses a JSON request body within the body limit.
 async fn json_body<T: for<'a> Deserialize<'a>>(
     req: &HttpRequest,
     payload: web::Payload,
     settings: &Settings,
-) -> Result<T, Rejection> {
-    let body = read_body(req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(req))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")).at(req))
+) -> Result<T, ApiError> {
+    let body = read_body(req, payload, settings.body_limit).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
 }
 
 /// `POST /join`: answers once the node is a voter.
@@ -44,25 +30,23 @@ pub(crate) async fn join<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
     payload: web::Payload,
-) -> Result<HttpResponse, Rejection> {
-    let body = read_body(&req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(&req))?;
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, settings.body_limit).await?;
     let proof = req
         .headers()
         .get("X-Hraftd-Join-Proof")
         .and_then(|v| v.to_str().ok());
-    store.check_join(proof, &body).map_err(|e| e.at(&req))?;
+    store.check_join(proof, &body)?;
     let j: JoinRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")).at(&req))?;
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     if j.id.is_empty() || j.addr.is_empty() || j.http_addr.is_empty() {
-        return Err(
-            ApiError::BadRequest("id, addr and http_addr must be non-empty".into()).at(&req),
-        );
+        return Err(ApiError::BadRequest(
+            "id, addr and http_addr must be non-empty".into(),
+        ));
     }
     let id = j.id.clone();
-    let index = store.join(j).await.map_err(|e| e.at(&req))?;
-    Ok(HttpResponse::Ok().json(json!({ "joined": id, "index": index })))
+    let index = store.join(j).await?;
+    Ok(HttpResponse::Ok().json(JoinResponse { joined: id, index }))
 }
 
 /// `POST /remove`: answers once the removal is committed.
@@ -71,13 +55,13 @@ pub(crate) async fn remove<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
     payload: web::Payload,
-) -> Result<HttpResponse, Rejection> {
+) -> Result<HttpResponse, ApiError> {
     let r: RemoveRequest = json_body(&req, payload, &settings).await?;
     if r.id.is_empty() {
-        return Err(ApiError::BadRequest("id must be non-empty".into()).at(&req));
+        return Err(ApiError::BadRequest("id must be non-empty".into()));
     }
-    store.remove(&r.id).await.map_err(|e| e.at(&req))?;
-    Ok(HttpResponse::Ok().json(json!({ "removed": r.id })))
+    store.remove(&r.id).await?;
+    Ok(HttpResponse::Ok().json(RemoveResponse { removed: r.id }))
 }
 
 /// `GET /status`: any node, leader or not.

@@ -1,12 +1,19 @@
 //! The one place where errors become HTTP responses: status codes, `307` redirects to the
-//! leader, `503` with `Retry-After`, and the `{"error": "..."}` body every error carries.
+//! leader, `503` with `Retry-After`, and the body every error carries,
+//! `{"error": "<for people>", "code": "<for programs>"}` ([`ErrorBody`]).
+//!
+//! A redirect's `Location` is the leader's address plus the *request's* path and query.
+//! The error itself does not know the request, so `ApiError::error_response` marks the
+//! response with the leader and the app's middleware completes `Location` from the request
+//! (`RequestTarget::complete_redirect`): handlers just return `Err(e)`.
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use actix_web::ResponseError;
-use serde_json::json;
+use hraftd_client::wire::ErrorBody;
+use hraftd_client::wire::ErrorCode;
 
 /// Everything that can go wrong serving a request. Store implementations return these;
 /// the handlers add their own (bad input, body size, method).
@@ -19,8 +26,8 @@ pub enum ApiError {
     /// The caller failed authentication.
     #[error("{0}")]
     Forbidden(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// The request is well-formed but too large to store as one unit.
@@ -28,14 +35,17 @@ pub enum ApiError {
     TooLarge(String),
     /// This node is not the leader. With the leader's advertised HTTP address the client
     /// is redirected there (`307`); without one there is nobody to send it to (`503`).
-    #[error("not the leader")]
+    #[error("{}", if .leader_http.is_some() { "not the leader" } else { "no leader is known; retry later" })]
     NotLeader { leader_http: Option<String> },
-    /// No quorum or similar; the client should retry later.
+    /// No quorum, overloaded, not ready, shutting down; nothing was applied.
     #[error("{0}")]
     Unavailable(String),
-    /// A bounded wait ran out; for writes the outcome is unknown.
+    /// A bounded wait ran out before anything changed.
     #[error("{0}")]
     Timeout(String),
+    /// A write was proposed but not seen committed: it may or may not apply.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -43,76 +53,113 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Attaches the request, so a redirect can point at the same path and query.
-    pub fn at(self, req: &HttpRequest) -> Rejection {
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| req.path().to_string());
-        Rejection {
-            err: self,
-            path_and_query,
+    /// The stable code in the error body.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::NotLeader {
+                leader_http: Some(_),
+            } => ErrorCode::NotLeader,
+            ApiError::NotLeader { leader_http: None } => ErrorCode::NoLeader,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
-}
-
-/// An [`ApiError`] plus the request target it answers; what handlers return on failure.
-#[derive(Debug, thiserror::Error)]
-#[error("{err}")]
-pub struct Rejection {
-    pub err: ApiError,
-    path_and_query: String,
 }
 
 /// Seconds a client is asked to wait before retrying a `503`.
 const RETRY_AFTER_SECS: &str = "1";
 
-impl ResponseError for Rejection {
+/// The status of each code: the one table of it.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotLeader => StatusCode::TEMPORARY_REDIRECT,
+        ErrorCode::NoLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout | ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Marks a redirect response with the leader it points to; the middleware turns it into
+/// the full `Location` (see `RequestTarget::complete_redirect`).
+#[derive(Debug, Clone)]
+struct RedirectTo(String);
+
+impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match &self.err {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::NotLeader {
-                leader_http: Some(_),
-            } => StatusCode::TEMPORARY_REDIRECT,
-            ApiError::NotLeader { leader_http: None } | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        status_of(self.code())
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut resp = HttpResponse::build(self.status_code());
-        match &self.err {
+        let code = self.code();
+        let mut resp = HttpResponse::build(status_of(code));
+        let leader = match self {
             ApiError::NotLeader {
                 leader_http: Some(leader),
             } => {
-                resp.insert_header((
-                    header::LOCATION,
-                    format!("http://{leader}{}", self.path_and_query),
-                ));
-                resp.json(json!({ "error": "not the leader", "leader": leader }))
+                // The path is added by the middleware; alone this still points at the leader.
+                resp.insert_header((header::LOCATION, format!("http://{leader}/")));
+                Some(leader.clone())
             }
-            ApiError::NotLeader { leader_http: None } => {
+            ApiError::NotLeader { leader_http: None } | ApiError::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
-                resp.json(json!({ "error": "no leader is known; retry later" }))
+                None
             }
-            ApiError::Unavailable(msg) => {
-                resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
-                resp.json(json!({ "error": msg }))
+            ApiError::Internal(msg) => {
+                log::error!("internal error answered with 500: {msg}");
+                None
             }
-            ApiError::MethodNotAllowed => resp
-                .json(json!({ "error": format!("method not allowed on {}", self.path_and_query) })),
-            other => resp.json(json!({ "error": other.to_string() })),
+            _ => None,
+        };
+        let mut resp = resp.json(ErrorBody {
+            error: self.to_string(),
+            code,
+            leader: leader.clone(),
+        });
+        if let Some(l) = leader {
+            resp.extensions_mut().insert(RedirectTo(l));
+        }
+        resp
+    }
+}
+
+/// What a redirect needs from the request it answers: its path and query.
+pub(crate) struct RequestTarget {
+    path_and_query: String,
+}
+
+impl RequestTarget {
+    pub(crate) fn of(req: &HttpRequest) -> RequestTarget {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| req.path().to_string());
+        RequestTarget { path_and_query }
+    }
+
+    /// Points a redirect made by `ApiError::error_response` at the same path and query
+    /// on the leader.
+    pub(crate) fn complete_redirect(&self, resp: &mut HttpResponse) {
+        let Some(RedirectTo(leader)) = resp.extensions().get::<RedirectTo>().cloned() else {
+            return;
+        };
+        let location = format!("http://{leader}{}", self.path_and_query);
+        if let Ok(v) = header::HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
         }
     }
 }

@@ -15,16 +15,15 @@ use actix_web::web;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use futures::StreamExt;
-use serde_json::json;
+use hraftd_client::wire::WriteResponse;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::error::Rejection;
 use crate::KvStore;
 use crate::ReadLevel;
 use crate::Settings;
 
-type Reply = Result<HttpResponse, Rejection>;
+type Reply = Result<HttpResponse, ApiError>;
 
 /// Reads the whole body, refusing more than `limit` bytes (early, from Content-Length,
 /// when the client sent one).
@@ -83,13 +82,13 @@ fn path_key(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 fn level(q: &HashMap<String, String>) -> Result<ReadLevel, ApiError> {
-    match q.get("level").map(String::as_str) {
-        None | Some("default") => Ok(ReadLevel::Default),
-        Some("stale") => Ok(ReadLevel::Stale),
-        Some("consistent") => Ok(ReadLevel::Consistent),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "unknown level {other:?}; use stale, default or consistent"
-        ))),
+    match q.get("level") {
+        None => Ok(ReadLevel::Default),
+        Some(l) => ReadLevel::parse(l).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown level {l:?}; use stale, default or consistent"
+            ))
+        }),
     }
 }
 
@@ -148,15 +147,15 @@ async fn read_key<S: KvStore>(
     req: &HttpRequest,
     key: &str,
 ) -> Reply {
-    let level = query_level(req).map_err(|e| e.at(req))?;
-    valid_key(key, settings.max_key_bytes).map_err(|e| e.at(req))?;
-    match store.get(key, level).await.map_err(|e| e.at(req))? {
+    let level = query_level(req)?;
+    valid_key(key, settings.max_key_bytes)?;
+    match store.get(key, level).await? {
         Some(v) => {
             let mut body = serde_json::Map::new();
             body.insert(key.to_string(), Value::String(v));
             Ok(HttpResponse::Ok().json(body))
         }
-        None => Err(ApiError::NotFound(format!("key not found: {key}")).at(req)),
+        None => Err(ApiError::NotFound(format!("key not found: {key}"))),
     }
 }
 
@@ -175,7 +174,7 @@ pub(crate) async fn get_path<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
-    let key = path_key(&req).map_err(|e| e.at(&req))?;
+    let key = path_key(&req)?;
     read_key(store.get_ref(), &settings, &req, &key).await
 }
 
@@ -185,7 +184,7 @@ pub(crate) async fn get_query<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
-    let key = query_key(&req, settings.max_key_bytes).map_err(|e| e.at(&req))?;
+    let key = query_key(&req, settings.max_key_bytes)?;
     read_key(store.get_ref(), &settings, &req, &key).await
 }
 
@@ -196,12 +195,10 @@ pub(crate) async fn post<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Reply {
-    let body = read_body(&req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(&req))?;
-    let pairs = parse_pairs(&body, settings.max_key_bytes).map_err(|e| e.at(&req))?;
-    let index = store.set(pairs).await.map_err(|e| e.at(&req))?;
-    Ok(HttpResponse::Ok().json(json!({ "index": index })))
+    let body = read_body(&req, payload, settings.body_limit).await?;
+    let pairs = parse_pairs(&body, settings.max_key_bytes)?;
+    let index = store.set(pairs).await?;
+    Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
 /// `PUT /key/<key>` with the raw value as body.
@@ -211,29 +208,19 @@ pub(crate) async fn put<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Reply {
-    let key = path_key(&req).map_err(|e| e.at(&req))?;
-    valid_key(&key, settings.max_key_bytes).map_err(|e| e.at(&req))?;
-    let body = read_body(&req, payload, settings.body_limit)
-        .await
-        .map_err(|e| e.at(&req))?;
+    let key = path_key(&req)?;
+    valid_key(&key, settings.max_key_bytes)?;
+    let body = read_body(&req, payload, settings.body_limit).await?;
     let value = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()).at(&req))?;
-    let index = store
-        .set(vec![(key, value)])
-        .await
-        .map_err(|e| e.at(&req))?;
-    Ok(HttpResponse::Ok().json(json!({ "index": index })))
+        .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()))?;
+    let index = store.set(vec![(key, value)]).await?;
+    Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
-async fn delete_key<S: KvStore>(
-    store: &S,
-    settings: &Settings,
-    req: &HttpRequest,
-    key: String,
-) -> Reply {
-    valid_key(&key, settings.max_key_bytes).map_err(|e| e.at(req))?;
-    let index = store.delete(key).await.map_err(|e| e.at(req))?;
-    Ok(HttpResponse::Ok().json(json!({ "index": index })))
+async fn delete_key<S: KvStore>(store: &S, settings: &Settings, key: String) -> Reply {
+    valid_key(&key, settings.max_key_bytes)?;
+    let index = store.delete(key).await?;
+    Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
 /// `DELETE /key/<key>`
@@ -242,8 +229,8 @@ pub(crate) async fn delete_path<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
-    let key = path_key(&req).map_err(|e| e.at(&req))?;
-    delete_key(store.get_ref(), &settings, &req, key).await
+    let key = path_key(&req)?;
+    delete_key(store.get_ref(), &settings, key).await
 }
 
 /// `DELETE /key?key=<key>`
@@ -252,6 +239,6 @@ pub(crate) async fn delete_query<S: KvStore>(
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
-    let key = query_key(&req, settings.max_key_bytes).map_err(|e| e.at(&req))?;
-    delete_key(store.get_ref(), &settings, &req, key).await
+    let key = query_key(&req, settings.max_key_bytes)?;
+    delete_key(store.get_ref(), &settings, key).await
 }

@@ -26,8 +26,6 @@ use actix_web::App;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use actix_web::HttpServer;
-use serde::Deserialize;
-use serde::Serialize;
 
 mod cluster;
 pub mod error;
@@ -35,51 +33,15 @@ mod key;
 pub mod metrics;
 mod ops;
 
-pub use cluster::JoinRequest;
 pub use error::ApiError;
-pub use error::Rejection;
+pub use hraftd_client::wire;
+pub use hraftd_client::wire::JoinRequest;
+pub use hraftd_client::wire::MemberInfo;
+pub use hraftd_client::wire::NodeInfo;
+pub use hraftd_client::wire::ReadLevel;
+pub use hraftd_client::wire::Status;
 pub use metrics::HttpMetrics;
 pub use ops::OPENAPI;
-
-/// Read levels, as the `level` query parameter names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadLevel {
-    Stale,
-    Default,
-    Consistent,
-}
-
-/// A member as `/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: String,
-    pub raft_addr: String,
-    pub http_addr: String,
-}
-
-/// A member and whether it votes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberInfo {
-    pub id: String,
-    pub raft_addr: String,
-    pub http_addr: String,
-    pub voter: bool,
-}
-
-/// The body of `GET /status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub id: String,
-    /// `leader`, `follower`, `candidate`, `learner` (or `shutdown` while stopping).
-    pub role: String,
-    pub term: u64,
-    pub leader: Option<NodeInfo>,
-    pub members: Vec<MemberInfo>,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    /// How this node authenticates its peers: `none`, `cluster-key` or `mtls`.
-    pub peer_auth: String,
-}
 
 /// One RocksDB column family's size, for `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,12 +128,18 @@ impl Default for Settings {
     }
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, Rejection> {
-    Err(ApiError::MethodNotAllowed.at(&req))
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+    })
 }
 
-async fn not_found(req: HttpRequest) -> Result<HttpResponse, Rejection> {
-    Err(ApiError::NotFound(format!("no such endpoint: {}", req.path())).at(&req))
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no such endpoint: {}",
+        req.path()
+    )))
 }
 
 /// Registers every route for store type `S`. The store and settings must be in app data.
@@ -258,13 +226,17 @@ pub fn app<S: KvStore>(
         .wrap_fn(move |req, srv| {
             let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
             let method = req.method().clone();
+            let target = error::RequestTarget::of(req.request());
             let start = std::time::Instant::now();
             let fut = srv.call(req);
             let m = counted.clone();
             async move {
-                let res = fut.await;
-                let code = match &res {
-                    Ok(r) => r.status(),
+                let mut res = fut.await;
+                let code = match &mut res {
+                    Ok(r) => {
+                        target.complete_redirect(r.response_mut());
+                        r.status()
+                    }
                     Err(e) => e.as_response_error().status_code(),
                 };
                 m.observe(&route, &method, code.as_u16(), start.elapsed());

@@ -5,10 +5,9 @@ use actix_web::http::header;
 use actix_web::web;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
-use serde_json::json;
+use hraftd_client::wire::Health;
 
 use crate::error::ApiError;
-use crate::error::Rejection;
 use crate::key;
 use crate::KvStore;
 
@@ -17,25 +16,23 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// `GET /livez`: `200` while the process serves HTTP and Raft runs; `503` once Raft has
 /// stopped on a fatal error (the process then exits too).
-pub(crate) async fn livez<S: KvStore>(
-    store: web::Data<S>,
-    req: HttpRequest,
-) -> Result<HttpResponse, Rejection> {
+pub(crate) async fn livez<S: KvStore>(store: web::Data<S>) -> Result<HttpResponse, ApiError> {
     match store.not_live() {
-        None => Ok(HttpResponse::Ok().json(json!({ "status": "live" }))),
-        Some(why) => Err(ApiError::Unavailable(format!("not live: {why}")).at(&req)),
+        None => Ok(HttpResponse::Ok().json(Health {
+            status: "live".into(),
+        })),
+        Some(why) => Err(ApiError::Unavailable(format!("not live: {why}"))),
     }
 }
 
 /// `GET /readyz`: `200` once this node knows a leader and has applied what was committed
 /// when it started; `503` with the reason before that.
-pub(crate) async fn readyz<S: KvStore>(
-    store: web::Data<S>,
-    req: HttpRequest,
-) -> Result<HttpResponse, Rejection> {
+pub(crate) async fn readyz<S: KvStore>(store: web::Data<S>) -> Result<HttpResponse, ApiError> {
     match store.not_ready() {
-        None => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
-        Some(why) => Err(ApiError::Unavailable(format!("not ready: {why}")).at(&req)),
+        None => Ok(HttpResponse::Ok().json(Health {
+            status: "ready".into(),
+        })),
+        Some(why) => Err(ApiError::Unavailable(format!("not ready: {why}"))),
     }
 }
 
@@ -48,10 +45,10 @@ pub(crate) async fn backup<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<crate::Settings>,
     req: HttpRequest,
-) -> Result<HttpResponse, Rejection> {
+) -> Result<HttpResponse, ApiError> {
     use futures::StreamExt;
-    let level = key::query_level(&req).map_err(|e| e.at(&req))?;
-    let b = store.backup(level).await.map_err(|e| e.at(&req))?;
+    let level = key::query_level(&req)?;
+    let b = store.backup(level).await?;
     let file = tokio::fs::File::from_std(b.file);
     let permit = b.permit;
     let deadline = settings.backup_deadline;

@@ -84,8 +84,8 @@ impl KvStore for Fake {
     async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
         self.leader_check()?;
         if self.stuck() {
-            return Err(ApiError::Timeout(
-                "write did not commit within 5s; outcome unknown".into(),
+            return Err(ApiError::OutcomeUnknown(
+                "the write did not commit within 5s; outcome unknown".into(),
             ));
         }
         self.data.lock().unwrap().extend(pairs);
@@ -235,6 +235,7 @@ async fn req(fake: &Arc<Fake>, method: Method, uri: &str, body: &str) -> (Status
     (s, v)
 }
 
+/// Checks an error body: a message that mentions `contains`, and a known `code`.
 fn assert_error(v: &Value, contains: &str) {
     let msg = v["error"]
         .as_str()
@@ -243,6 +244,14 @@ fn assert_error(v: &Value, contains: &str) {
         msg.contains(contains),
         "error {msg:?} should mention {contains:?}"
     );
+    let body: wire::ErrorBody =
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v} is no error body: {e}"));
+    assert_ne!(body.code, wire::ErrorCode::Unknown, "{v}");
+}
+
+/// Checks an error body's stable code.
+fn assert_code(v: &Value, code: &str) {
+    assert_eq!(v["code"], code, "{v}");
 }
 
 #[actix_web::test]
@@ -311,6 +320,7 @@ async fn follower_redirects_leader_only_requests() {
             .unwrap();
         assert_eq!(loc, format!("http://10.0.0.1:11000{uri}"), "{method} {uri}");
         assert_eq!(v["leader"], "10.0.0.1:11000");
+        assert_code(&v, "not_leader");
     }
     // Stale reads are served locally; nothing was written.
     let (s, v) = req(&f, Method::GET, "/key/k?level=stale", "").await;
@@ -326,6 +336,7 @@ async fn no_leader_is_503_with_retry_after() {
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert!(h.get("retry-after").is_some(), "503 must carry Retry-After");
         assert_error(&v, "no leader");
+        assert_code(&v, "no_leader");
     }
     let (s, _) = req(&f, Method::GET, "/key/k?level=stale", "").await;
     assert_eq!(
@@ -341,7 +352,8 @@ async fn stuck_cluster_answers_timeout_and_unavailable() {
     let (s, v) = req(&f, Method::POST, "/key", r#"{"k":"v"}"#).await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
     assert_error(&v, "outcome unknown");
-    let (s, h, _) = call(
+    assert_code(&v, "outcome_unknown");
+    let (s, h, v) = call(
         &f,
         Settings::default(),
         Method::GET,
@@ -351,6 +363,7 @@ async fn stuck_cluster_answers_timeout_and_unavailable() {
     .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.get("retry-after").is_some());
+    assert_code(&v, "unavailable");
 }
 
 #[actix_web::test]
@@ -387,6 +400,7 @@ async fn bad_input_is_400_and_changes_nothing() {
         let (s, v) = req(&f, method.clone(), uri, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri} {body:?} -> {v}");
         assert_error(&v, says);
+        assert_code(&v, "bad_request");
     }
     let (s, _) = req(&f, Method::PUT, "/key/bad", "").await;
     assert_eq!(s, StatusCode::OK, "an empty value is a valid value");
@@ -417,6 +431,7 @@ async fn oversized_body_is_413() {
     let (s, _, v) = call(&f, small.clone(), Method::POST, "/key", big.as_bytes()).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert_error(&v, "64 bytes");
+    assert_code(&v, "too_large");
     let (s, _, _) = call(&f, small.clone(), Method::PUT, "/key/k", &[b'x'; 65]).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     let (s, _, _) = call(&f, small, Method::PUT, "/key/k", &[b'x'; 64]).await;
@@ -439,10 +454,13 @@ async fn wrong_method_is_405_and_unknown_path_404() {
         let (s, v) = req(&f, method.clone(), uri, "{}").await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
         assert_error(&v, "not allowed");
+        assert_error(&v, uri);
+        assert_code(&v, "method_not_allowed");
     }
     let (s, v) = req(&f, Method::GET, "/nope", "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_error(&v, "/nope");
+    assert_code(&v, "not_found");
     assert_eq!(f.index(), 0);
 }
 
@@ -469,6 +487,7 @@ async fn membership_and_status() {
     .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_error(&v, "in progress");
+    assert_code(&v, "conflict");
     let (s, _) = req(&f, Method::POST, "/remove", r#"{"id":"n1"}"#).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = req(&f, Method::POST, "/remove", r#"{"id":"n1"}"#).await;
@@ -749,7 +768,44 @@ async fn livez_fails_once_raft_has_stopped() {
 #[actix_web::test]
 async fn an_entry_too_large_for_the_log_is_413() {
     let err = ApiError::TooLarge("the request encodes to 2000000 bytes".into());
-    let req = test::TestRequest::default().to_http_request();
-    let resp = actix_web::ResponseError::error_response(&err.at(&req));
+    let resp = actix_web::ResponseError::error_response(&err);
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// The error codes are part of the API: `/openapi.json` lists exactly the codes the server
+/// sends, and each code always comes with the same status.
+#[actix_web::test]
+async fn error_codes_are_documented() {
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    let documented: Vec<String> = doc["components"]["schemas"]["Error"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .expect("Error.code has an enum")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let sent: Vec<String> = wire::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_string())
+        .collect();
+    assert_eq!(documented, sent);
+    let required = &doc["components"]["schemas"]["Error"]["required"];
+    assert_eq!(*required, json!(["error", "code"]));
+    for (e, status) in [
+        (ApiError::BadRequest("x".into()), 400),
+        (ApiError::OutcomeUnknown("x".into()), 504),
+        (ApiError::Timeout("x".into()), 504),
+        (ApiError::NotLeader { leader_http: None }, 503),
+        (
+            ApiError::NotLeader {
+                leader_http: Some("h:1".into()),
+            },
+            307,
+        ),
+        (ApiError::Internal("x".into()), 500),
+    ] {
+        let resp = actix_web::ResponseError::error_response(&e);
+        assert_eq!(resp.status().as_u16(), status, "{e:?}");
+        assert_eq!(error::status_of(e.code()).as_u16(), status, "{e:?}");
+    }
 }

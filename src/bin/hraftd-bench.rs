@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::Context;
 use base64::Engine;
 use clap::Parser;
 use clap::Subcommand;
@@ -114,17 +115,16 @@ fn b64(s: &[u8]) -> String {
 }
 
 /// Finds the leader's address among the endpoints (the first endpoint for `noop`).
-async fn leader(args: &RunArgs, http: &reqwest::Client) -> Result<String, String> {
+async fn leader(args: &RunArgs, http: &reqwest::Client) -> anyhow::Result<String> {
     for ep in &args.endpoints {
         match args.target {
             Target::Noop => return Ok(ep.clone()),
             Target::Hraftd => {
-                let s: Value = match http.get(format!("http://{ep}/status")).send().await {
-                    Ok(r) => r.json().await.unwrap_or_default(),
-                    Err(_) => continue,
+                let Ok(s) = hraftd_client::Client::new([ep.clone()]).status().await else {
+                    continue;
                 };
-                if let Some(l) = s["leader"]["http_addr"].as_str() {
-                    return Ok(l.to_string());
+                if let Some(l) = s.leader {
+                    return Ok(l.http_addr);
                 }
             }
             Target::Etcd => {
@@ -143,10 +143,11 @@ async fn leader(args: &RunArgs, http: &reqwest::Client) -> Result<String, String
             }
         }
     }
-    Err(format!("no leader found among {:?}", args.endpoints))
+    anyhow::bail!("no leader found among {:?}", args.endpoints)
 }
 
-/// One request of the workload; `Ok` when the server answered as expected.
+/// One request of the workload; `Ok` when the server answered as expected, else the kind
+/// of error (counted by kind in the report).
 async fn op(
     args: &RunArgs,
     http: &reqwest::Client,
@@ -158,15 +159,19 @@ async fn op(
     let key = format!("bench-{key:08}");
     let req = match (args.target, write) {
         (Target::Hraftd, true) => http
-            .put(format!("http://{ep}/key/{key}"))
+            .put(format!("http://{ep}{}", hraftd_client::key_path(&key)))
             .body(value.to_string()),
         (Target::Hraftd, false) => {
             let level = match args.level {
-                Level::Stale => "stale",
-                Level::Default => "default",
-                Level::Consistent => "consistent",
+                Level::Stale => hraftd_client::ReadLevel::Stale,
+                Level::Default => hraftd_client::ReadLevel::Default,
+                Level::Consistent => hraftd_client::ReadLevel::Consistent,
             };
-            http.get(format!("http://{ep}/key/{key}?level={level}"))
+            http.get(format!(
+                "http://{ep}{}?level={}",
+                hraftd_client::key_path(&key),
+                level.as_str()
+            ))
         }
         (Target::Etcd, true) => http
             .post(format!("http://{ep}/v3/kv/put"))
@@ -206,7 +211,7 @@ fn connection() -> reqwest::Client {
         .expect("http client")
 }
 
-async fn run(args: RunArgs) -> Result<(), String> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     let http = connection();
     let ep = leader(&args, &http).await?;
     let value: String = "v".repeat(args.value_size);
@@ -220,14 +225,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= args.keys {
-                        return Ok::<_, String>(());
+                        return Ok::<_, anyhow::Error>(());
                     }
-                    op(&args, &http, &ep, k, true, &value).await?;
+                    op(&args, &http, &ep, k, true, &value)
+                        .await
+                        .map_err(|kind| anyhow::anyhow!("preloading key {k}: {kind}"))?;
                 }
             }));
         }
         for t in tasks {
-            t.await.map_err(|e| e.to_string())??;
+            t.await??;
         }
     }
 
@@ -272,8 +279,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
     for t in tasks {
-        let (h, e) = t.await.map_err(|e| e.to_string())?;
-        hist.add(h).map_err(|e| e.to_string())?;
+        let (h, e) = t.await?;
+        hist.add(h)?;
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
         }
@@ -319,8 +326,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        writeln!(f, "{line}").map_err(|e| e.to_string())?;
+            .with_context(|| path.display().to_string())?;
+        writeln!(f, "{line}").with_context(|| path.display().to_string())?;
     }
     Ok(())
 }
@@ -341,14 +348,14 @@ fn main() {
             })
             .workers(2)
             .bind(&listen)
-            .map_err(|e| format!("{listen}: {e}"))?
+            .with_context(|| format!("binding {listen}"))?
             .run()
             .await
-            .map_err(|e| e.to_string())
+            .context("the no-op server")
         }),
     };
     if let Err(e) = result {
-        eprintln!("hraftd-bench: {e}");
+        eprintln!("hraftd-bench: {e:#}");
         std::process::exit(1);
     }
 }

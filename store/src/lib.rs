@@ -31,7 +31,7 @@ pub use backup::BackupInfo;
 pub use db::CfSize;
 pub use error::Error;
 pub use error::Result;
-pub use node::stored_name;
+pub use node::stored_id;
 pub use node::Member;
 pub use node::Metrics;
 pub use node::Options;

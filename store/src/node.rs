@@ -36,7 +36,7 @@ use crate::peer_auth::PeerAuth;
 use crate::snapshot;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
-use crate::types::node_id_for;
+use crate::types::raft_id_for;
 use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::Op;
@@ -63,8 +63,8 @@ pub enum ReadLevel {
 /// Everything needed to open a node.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The user-facing member name (`-id`).
-    pub name: String,
+    /// The member's user-facing id (`-id`).
+    pub id: String,
     /// Advertised peer address (`-radv`, or `-raddr`).
     pub raft_addr: String,
     /// Advertised client address (`-hadv`, or `-haddr`).
@@ -76,28 +76,33 @@ pub struct Options {
     pub write_timeout: Duration,
     /// The longest a consistent read waits for leadership confirmation.
     pub read_timeout: Duration,
-    /// The longest the leader waits for a joining node to catch up before promoting it.
-    pub join_timeout: Duration,
-    pub heartbeat_ms: u64,
-    pub election_timeout_ms: (u64, u64),
+    /// The longest the leader waits for a joining node to catch up with its log before
+    /// promoting it to voter; a node that does not is removed again as a learner. (Not the
+    /// joining node's own retry deadline, `-join-timeout`, which lives in the CLI.)
+    pub catch_up_timeout: Duration,
+    /// How often the leader sends heartbeats; also openraft's deadline for one append RPC.
+    pub heartbeat: Duration,
+    /// A follower that hears no heartbeat for a random time in this range starts an
+    /// election (openraft's `election_timeout_min..election_timeout_max`).
+    pub election_timeout: std::ops::Range<Duration>,
     /// How peer connections (and joins) are authenticated.
     pub peer_auth: PeerAuth,
 }
 
 impl Options {
     /// Options with hraftd's defaults for the given identity and directory.
-    pub fn new(name: &str, raft_addr: &str, http_addr: &str, data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(id: &str, raft_addr: &str, http_addr: &str, data_dir: impl Into<PathBuf>) -> Self {
         Options {
-            name: name.to_string(),
+            id: id.to_string(),
             raft_addr: raft_addr.to_string(),
             http_addr: http_addr.to_string(),
             data_dir: data_dir.into(),
             snapshot_threshold: 10_000,
             write_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(5),
-            join_timeout: Duration::from_secs(60),
-            heartbeat_ms: 150,
-            election_timeout_ms: (800, 1600),
+            catch_up_timeout: Duration::from_secs(60),
+            heartbeat: Duration::from_millis(150),
+            election_timeout: Duration::from_millis(800)..Duration::from_millis(1600),
             peer_auth: PeerAuth::None,
         }
     }
@@ -135,7 +140,7 @@ pub struct Member {
 /// A point-in-time view of this node, for `/status`.
 #[derive(Debug, Clone)]
 pub struct Status {
-    pub name: String,
+    pub id: String,
     pub role: Role,
     pub term: u64,
     pub leader: Option<Node>,
@@ -156,7 +161,7 @@ pub struct Metrics {
     pub snapshot_index: u64,
     /// The size of the newest snapshot file, in bytes.
     pub snapshot_bytes: u64,
-    /// On the leader: each follower's name and how many entries it lags behind the log.
+    /// On the leader: each follower's id and how many entries it lags behind the log.
     pub replication_lag: Vec<(String, u64)>,
     /// RocksDB sizes by column family.
     pub rocksdb: Vec<db::CfSize>,
@@ -170,7 +175,8 @@ pub struct Store {
     /// Kept to flush and quiesce RocksDB at shutdown, so the process never exits while
     /// RocksDB's background threads are still running.
     db: Arc<rocksdb::DB>,
-    id: NodeId,
+    /// openraft's number for this node ([`raft_id_for`] of `me.id`).
+    raft_id: NodeId,
     me: Node,
     opts: Options,
     reader: StateReader,
@@ -227,8 +233,8 @@ impl MembershipView {
     }
 }
 
-/// Reads the member name stored in `data_dir` by an earlier run, if any.
-pub fn stored_name(data_dir: &std::path::Path) -> Option<String> {
+/// Reads the member id stored in `data_dir` by an earlier run, if any.
+pub fn stored_id(data_dir: &std::path::Path) -> Option<String> {
     std::fs::read_to_string(data_dir.join("node-id"))
         .ok()
         .map(|s| s.trim().to_string())
@@ -242,16 +248,16 @@ impl Store {
         let dir = &opts.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        match stored_name(dir) {
-            Some(n) if n != opts.name => {
+        match stored_id(dir) {
+            Some(n) if n != opts.id => {
                 return Err(Error::Invalid(format!(
                     "{} belongs to node {n:?}, not {:?}",
                     dir.display(),
-                    opts.name
+                    opts.id
                 )))
             }
             Some(_) => {}
-            None => std::fs::write(dir.join("node-id"), format!("{}\n", opts.name))
+            None => std::fs::write(dir.join("node-id"), format!("{}\n", opts.id))
                 .map_err(|e| Error::io("writing node-id", e))?,
         }
         // Backups being built when the process last stopped are of no use to anyone.
@@ -268,9 +274,9 @@ impl Store {
 
         let config = openraft::Config {
             cluster_name: "hraftd".into(),
-            heartbeat_interval: opts.heartbeat_ms,
-            election_timeout_min: opts.election_timeout_ms.0,
-            election_timeout_max: opts.election_timeout_ms.1,
+            heartbeat_interval: millis(opts.heartbeat),
+            election_timeout_min: millis(opts.election_timeout.start),
+            election_timeout_max: millis(opts.election_timeout.end),
             install_snapshot_timeout: 10_000,
             // One chunk per peer frame, well under `network::MAX_FRAME`.
             snapshot_max_chunk_size: 1 << 20,
@@ -282,9 +288,9 @@ impl Store {
         .validate()
         .map_err(|e| Error::Invalid(format!("raft config: {e}")))?;
 
-        let id = node_id_for(&opts.name);
+        let raft_id = raft_id_for(&opts.id);
         let me = Node {
-            name: opts.name.clone(),
+            id: opts.id.clone(),
             raft_addr: opts.raft_addr.clone(),
             http_addr: opts.http_addr.clone(),
         };
@@ -299,14 +305,13 @@ impl Store {
             })
             .filter(|ip| !ip.is_unspecified());
         let net = Network::new(local_ip, opts.peer_auth.clone());
-        let raft = Raft::new(id, Arc::new(config), net.clone(), log_store, sm)
+        let raft = Raft::new(raft_id, Arc::new(config), net.clone(), log_store, sm)
             .await
-            .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+            .map_err(|e| Error::raft("starting raft", e))?;
         let (removed, _) = watch::channel(false);
         // A stopping leader's notice lapses after two maximum election timeouts: by then
         // every follower has timed out on it and started an election.
-        let contact =
-            network::LeaderContact::new(Duration::from_millis(2 * opts.election_timeout_ms.1));
+        let contact = network::LeaderContact::new(2 * opts.election_timeout.end);
         let writer = batch::Writer::spawn(raft.clone());
         let reads = batch::ReadBarrier::spawn(raft.clone());
         let store = Arc::new(Store {
@@ -314,7 +319,7 @@ impl Store {
             reads,
             raft,
             db: db_handle,
-            id,
+            raft_id,
             me,
             opts,
             reader,
@@ -336,11 +341,11 @@ impl Store {
     /// Watches this node's own view of membership, from the membership log index set by
     /// [`Store::watch_removal_after`] on: once it has seen itself listed there, a later
     /// membership that no longer lists it means it has been removed. Older memberships are
-    /// history: a node that re-joins under its old name replays its own earlier removal
+    /// history: a node that re-joins under its old id replays its own earlier removal
     /// (from the log, after a snapshot taken while it was a member) and must not act on it.
     fn spawn_removal_watch(self: &Arc<Self>) {
         let mut rx = self.raft.metrics();
-        let id = self.id;
+        let id = self.raft_id;
         let removed = self.removed.clone();
         let floor = self.removal_floor.clone();
         let reader = self.reader.clone();
@@ -420,7 +425,7 @@ impl Store {
     /// That is only a hint: it is acted on once this node's applied membership, or the
     /// leader asked over the authenticated channel, confirms it.
     fn on_removal_notice(self: &Arc<Self>, node_id: NodeId, index: u64) {
-        if node_id != self.id {
+        if node_id != self.raft_id {
             return log::warn!("ignoring a removal notice for another node ({node_id})");
         }
         if self.checking_removal.swap(true, Ordering::AcqRel) {
@@ -445,13 +450,13 @@ impl Store {
         if self.removal_floor.load(Ordering::Relaxed) == u64::MAX {
             return Err("this node is still joining".into());
         }
-        if applied_without(&self.reader, self.id, index) {
+        if applied_without(&self.reader, self.raft_id, index) {
             return Ok(());
         }
         let (leader, addr) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            let leader = m.current_leader.filter(|l| *l != self.id);
+            let leader = m.current_leader.filter(|l| *l != self.raft_id);
             let addr = leader.and_then(|l| {
                 m.membership_config
                     .membership()
@@ -472,7 +477,7 @@ impl Store {
             .await
         {
             Ok(PeerResponse::Membership(a)) if a.leader && a.index >= index => {
-                if a.members.contains(&self.id) {
+                if a.members.contains(&self.raft_id) {
                     Err(format!("the leader at {addr} still lists this node"))
                 } else {
                     Ok(())
@@ -519,16 +524,16 @@ impl Store {
         self.raft
             .is_initialized()
             .await
-            .map_err(|e| Error::Raft(e.to_string()))
+            .map_err(|e| Error::raft("reading whether raft has state", e))
     }
 
     /// Makes this node the single voter of a new cluster.
     pub async fn bootstrap(&self) -> Result<()> {
-        let members = BTreeMap::from([(self.id, self.me.clone())]);
+        let members = BTreeMap::from([(self.raft_id, self.me.clone())]);
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(e)) => Err(Error::Invalid(format!("bootstrap: {e}"))),
-            Err(e) => Err(Error::Raft(e.to_string())),
+            Err(e) => Err(Error::raft("bootstrapping", e)),
         }
     }
 
@@ -634,11 +639,12 @@ impl Store {
         };
         // On timeout `pending` is dropped, which withdraws the request if it is still queued.
         match tokio::time::timeout(t, pending).await {
-            Err(_) => Err(Error::Timeout {
-                what: "write (outcome unknown: it may still commit)".into(),
-                after: t,
+            Err(_) => Err(Error::OutcomeUnknown {
+                what: format!("the write did not commit within {t:?}; it may still commit"),
             }),
-            Ok(None) => Err(Error::ShuttingDown),
+            Ok(None) => Err(Error::OutcomeUnknown {
+                what: "the node stopped while the write was queued or in flight".into(),
+            }),
             Ok(Some(Ok(index))) => Ok(index),
             Ok(Some(Err(e))) => Err(self.write_error(e)),
         }
@@ -660,7 +666,7 @@ impl Store {
     /// Fails with `NotLeader` unless this node currently believes it is the leader.
     fn check_leader(&self) -> Result<()> {
         let m = self.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader && m.current_leader == Some(self.id) {
+        if m.state == ServerState::Leader && m.current_leader == Some(self.raft_id) {
             return Ok(());
         }
         Err(Error::NotLeader {
@@ -683,10 +689,10 @@ impl Store {
     }
 
     /// Adds a node: as a learner, then, once it has caught up, as a voter. Idempotent for
-    /// the same name and addresses; the same name with new addresses replaces the entry.
+    /// the same id and addresses; the same id with new addresses replaces the entry.
     /// Returns the membership log index at which the node became (or already was) a voter.
     pub async fn join(&self, node: Node) -> Result<u64> {
-        if node.name.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
+        if node.id.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
             return Err(Error::Invalid(
                 "id, addr and http_addr must be non-empty".into(),
             ));
@@ -694,17 +700,17 @@ impl Store {
         self.check_leader()?;
         self.probe_peer(&node).await?;
         let _guard = self.lock_membership().await?;
-        let id = node_id_for(&node.name);
+        let id = raft_id_for(&node.id);
         let (existing, is_voter) = {
             let m = self.raft.metrics().borrow().clone();
             let mem = m.membership_config.membership();
             (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
         };
         if let Some(old) = &existing {
-            if old.name != node.name {
+            if old.id != node.id {
                 return Err(Error::Invalid(format!(
                     "id {:?} hashes like existing member {:?}; choose another id",
-                    node.name, old.name
+                    node.id, old.id
                 )));
             }
             if *old == node && is_voter {
@@ -713,7 +719,7 @@ impl Store {
                 return Ok(m.membership_config.log_id().map(|l| l.index).unwrap_or(0));
             }
             if *old != node {
-                log::info!("join: {} changed addresses; replacing {old}", node.name);
+                log::info!("join: {} changed addresses; replacing {old}", node.id);
                 let change = if is_voter {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else {
@@ -727,9 +733,11 @@ impl Store {
             let t = self.opts.write_timeout;
             let resp = tokio::time::timeout(t, self.raft.add_learner(id, node.clone(), false))
                 .await
-                .map_err(|_| Error::Timeout {
-                    what: format!("adding {} as a learner", node.name),
-                    after: t,
+                .map_err(|_| Error::OutcomeUnknown {
+                    what: format!(
+                        "adding {} as a learner did not commit within {t:?}; it may still",
+                        node.id
+                    ),
                 })?
                 .map_err(|e| self.write_error(e))?;
             log::info!(
@@ -737,17 +745,17 @@ impl Store {
                 resp.log_id.index
             );
         }
-        if let Err(e) = self.wait_caught_up(id, &node.name).await {
+        if let Err(e) = self.wait_caught_up(id, &node.id).await {
             // Do not leave a learner behind that never caught up: the leader would keep
             // replicating to it. (Only a learner: a voter's removal is an explicit /remove.)
             if !is_voter {
-                log::warn!("join: {} failed ({e}); removing it as a learner", node.name);
+                log::warn!("join: {} failed ({e}); removing it as a learner", node.id);
                 let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
                 if let Err(r) = self
                     .change_membership(change, "removing the learner of a failed join")
                     .await
                 {
-                    log::warn!("join: could not remove the learner {}: {r}", node.name);
+                    log::warn!("join: could not remove the learner {}: {r}", node.id);
                 }
             }
             return Err(e);
@@ -784,7 +792,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Err(Error::Forbidden(format!(
                     "{} at {} failed peer authentication ({}): {e}",
-                    node.name,
+                    node.id,
                     node.raft_addr,
                     self.opts.peer_auth.mode()
                 )))
@@ -795,19 +803,19 @@ impl Store {
             {
                 Err(Error::Forbidden(format!(
                     "{} at {} failed mutual TLS: {e}",
-                    node.name, node.raft_addr
+                    node.id, node.raft_addr
                 )))
             }
             Err(e) => Err(Error::Unavailable(format!(
                 "cannot reach {} at its raft address {}: {e}",
-                node.name, node.raft_addr
+                node.id, node.raft_addr
             ))),
         }
     }
 
     /// Waits until the leader has replicated its whole log to `id`.
-    async fn wait_caught_up(&self, id: NodeId, name: &str) -> Result<()> {
-        let t = self.opts.join_timeout;
+    async fn wait_caught_up(&self, id: NodeId, member: &str) -> Result<()> {
+        let t = self.opts.catch_up_timeout;
         let mut rx = self.raft.metrics();
         let wait = rx.wait_for(|m| {
             let Some(last) = m.last_log_index else {
@@ -825,7 +833,7 @@ impl Store {
         tokio::time::timeout(t, wait)
             .await
             .map_err(|_| Error::Timeout {
-                what: format!("{name} catching up with the leader's log"),
+                what: format!("{member} catching up with the leader's log"),
                 after: t,
             })?
             .map_err(|_| Error::ShuttingDown)?;
@@ -843,28 +851,30 @@ impl Store {
         let raft = self.raft.clone();
         let task = tokio::spawn(async move { raft.change_membership(change, false).await });
         match tokio::time::timeout(t, task).await {
-            Err(_) => Err(Error::Timeout {
-                what: format!("{what} (membership change; it may still complete)"),
-                after: t,
+            Err(_) => Err(Error::OutcomeUnknown {
+                what: format!(
+                    "{what}: the membership change did not finish within {t:?}; it may still"
+                ),
             }),
-            Ok(Err(e)) => Err(Error::Raft(format!("{what}: {e}"))),
+            Ok(Err(e)) => Err(Error::raft(what, e)),
             Ok(Ok(Ok(resp))) => Ok(resp.log_id.index),
             Ok(Ok(Err(e))) => Err(self.write_error(e)),
         }
     }
 
-    /// Removes the member called `name`. The removed node is told, and shuts itself down.
-    pub async fn remove(&self, name: &str) -> Result<()> {
+    /// Removes the member `member` (its string id). The removed node is told, and shuts
+    /// itself down.
+    pub async fn remove(&self, member: &str) -> Result<()> {
         self.check_leader()?;
         let _guard = self.lock_membership().await?;
-        let id = node_id_for(name);
+        let id = raft_id_for(member);
         let (node, is_voter) = {
             let m = self.raft.metrics().borrow().clone();
             let mem = m.membership_config.membership();
             (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
         };
-        let Some(node) = node.filter(|n| n.name == name) else {
-            return Err(Error::NotFound(format!("no member named {name:?}")));
+        let Some(node) = node.filter(|n| n.id == member) else {
+            return Err(Error::NotFound(format!("no member with id {member:?}")));
         };
         let change = if is_voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -872,10 +882,10 @@ impl Store {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         let membership_index = self
-            .change_membership(change, &format!("removing {name}"))
+            .change_membership(change, &format!("removing {member}"))
             .await?;
         log::info!("remove: {node} removed");
-        if id != self.id {
+        if id != self.raft_id {
             let net = self.net.clone();
             tokio::spawn(async move {
                 for _ in 0..5 {
@@ -919,7 +929,7 @@ impl Store {
         };
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         Status {
-            name: self.me.name.clone(),
+            id: self.me.id.clone(),
             role,
             term: m.current_term,
             leader: self
@@ -939,10 +949,10 @@ impl Store {
         if m.state == ServerState::Shutdown {
             return Some("shutting down".into());
         }
-        // Heartbeats come every heartbeat_ms; two election timeouts without one means the
+        // Heartbeats come every `heartbeat`; two election timeouts without one means the
         // leader is gone (or this node is cut off).
-        let recent = Duration::from_millis(2 * self.opts.election_timeout_ms.1);
-        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        let recent = 2 * self.opts.election_timeout.end;
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.raft_id);
         let heard = self.contact.since().is_some_and(|t| t < recent);
         if self.live_leader(&m).is_none() || !(leads || heard) {
             return Some("no leader known".into());
@@ -966,14 +976,14 @@ impl Store {
             .replication
             .iter()
             .flatten()
-            .filter(|(id, _)| **id != self.id)
+            .filter(|(id, _)| **id != self.raft_id)
             .map(|(id, matched)| {
-                let name = mem
+                let member = mem
                     .get_node(id)
-                    .map(|n| n.name.clone())
+                    .map(|n| n.id.clone())
                     .unwrap_or_else(|| id.to_string());
                 let matched = matched.map(|l| l.index).unwrap_or(0);
-                (name, last_log_index.saturating_sub(matched))
+                (member, last_log_index.saturating_sub(matched))
             })
             .collect();
         let snapshot_bytes = std::fs::read_dir(self.opts.data_dir.join("snapshots"))
@@ -1029,7 +1039,7 @@ impl Store {
     /// Prepares a leader's stop: a last heartbeat (so followers learn the final commit
     /// index), a bounded wait until some voter holds this node's whole log, so that the
     /// election after it stops has a complete candidate, and a notice to every member that
-    /// it is stopping. Returns the name of the voter that holds the whole log.
+    /// it is stopping. Returns the id of the voter that holds the whole log.
     ///
     /// openraft 0.9 has no leadership transfer: the followers elect a new leader once this
     /// node's lease (election_timeout_max) has lapsed after its last heartbeat.
@@ -1038,7 +1048,7 @@ impl Store {
             return None;
         }
         let _ = self.raft.trigger().heartbeat().await;
-        let me = self.id;
+        let me = self.raft_id;
         let mut rx = self.raft.metrics();
         let caught_up = rx.wait_for(|m| {
             let single_voter = m
@@ -1066,7 +1076,7 @@ impl Store {
                 .call(&n.raft_addr, &req, Duration::from_millis(500))
         });
         futures::future::join_all(told).await;
-        full_log_voter(&m, me).and_then(|id| mem.get_node(&id).map(|n| n.name.clone()))
+        full_log_voter(&m, me).and_then(|id| mem.get_node(&id).map(|n| n.id.clone()))
     }
 
     /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
@@ -1087,6 +1097,11 @@ impl Store {
             Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
         }
     }
+}
+
+/// A duration in whole milliseconds, as openraft's config takes it.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether the applied (committed) membership, from log index `at_least` on, no longer
@@ -1116,7 +1131,7 @@ fn full_log_voter(m: &openraft::RaftMetrics<NodeId, Node>, me: NodeId) -> Option
 fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
     match e {
         openraft::error::Fatal::Stopped => Error::ShuttingDown,
-        other => Error::Raft(other.to_string()),
+        other => Error::raft("raft stopped", other),
     }
 }
 
@@ -1124,7 +1139,7 @@ fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
 mod tests {
     use super::MembershipView;
 
-    /// A node re-joining under its old name replays history: a snapshot whose membership
+    /// A node re-joining under its old id replays history: a snapshot whose membership
     /// lists its old self, then its own earlier removal, then its new addition. Found by
     /// hraftd-torture: acting on that history made re-joined nodes shut themselves down.
     #[test]

@@ -9,15 +9,18 @@ use std::io;
 use serde::Deserialize;
 use serde::Serialize;
 
-/// openraft's node id. Users only ever see [`Node::name`]; the id is derived from it
-/// with [`node_id_for`] so that every member computes the same id for the same name.
+/// openraft's numeric node id. Users only ever see a member's string id ([`Node::id`],
+/// `-id`); this number is derived from it with [`raft_id_for`] so that every member
+/// computes the same number for the same id.
 pub type NodeId = u64;
 
-/// What the cluster knows about one member: its user-facing name and the addresses it
-/// advertises to peers (`raft_addr`) and to clients (`http_addr`).
+/// What the cluster knows about one member: its user-facing id (`-id`; `"id"` on the
+/// wire) and the addresses it advertises to peers (`raft_addr`) and to clients
+/// (`http_addr`). Stored in the log and snapshots with bincode, which is positional: the
+/// field was once called `name`, and renaming it did not change the format.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
-    pub name: String,
+    pub id: String,
     pub raft_addr: String,
     pub http_addr: String,
 }
@@ -27,7 +30,7 @@ impl fmt::Display for Node {
         write!(
             f,
             "{} (raft {}, http {})",
-            self.name, self.raft_addr, self.http_addr
+            self.id, self.raft_addr, self.http_addr
         )
     }
 }
@@ -115,11 +118,11 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// Maps a member name to openraft's u64 id: 64-bit FNV-1a, stable across versions and
-/// platforms. A collision between two names is detected at join time and refused.
-pub fn node_id_for(name: &str) -> NodeId {
+/// Maps a member's string id to openraft's u64 id: 64-bit FNV-1a, stable across versions
+/// and platforms. A collision between two ids is detected at join time and refused.
+pub fn raft_id_for(id: &str) -> NodeId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
+    for b in id.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -157,10 +160,10 @@ mod tests {
 
     #[test]
     fn node_ids_are_stable_and_distinct() {
-        assert_eq!(node_id_for("node0"), node_id_for("node0"));
-        assert_ne!(node_id_for("node0"), node_id_for("node1"));
+        assert_eq!(raft_id_for("node0"), raft_id_for("node0"));
+        assert_ne!(raft_id_for("node0"), raft_id_for("node1"));
         // FNV-1a test vector: the empty string hashes to the offset basis.
-        assert_eq!(node_id_for(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(raft_id_for(""), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]

@@ -1,34 +1,21 @@
-//! The cluster under test: real `hraftd` processes, one per loopback address
-//! (127.0.0.11, .12, ...), so that network faults can target one node's traffic. Owns the
-//! processes and their data dirs; on drop every process is resumed and killed.
+//! The cluster under test: real `hraftd` processes on the shared process harness
+//! (`hraftd::harness`), one per loopback address (127.0.0.11, .12, ...), so that network
+//! faults can target one node's traffic. Owns the processes and their data dirs; on drop
+//! every process is resumed and killed (by the harness) after its log is kept.
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-use serde_json::Value;
+use anyhow::bail;
+use anyhow::Context;
+use anyhow::Result;
+use hraftd::harness;
+use hraftd::harness::Node;
+use hraftd_client::Status;
 
 pub const HTTP_PORT: u16 = 31000;
 pub const RAFT_PORT: u16 = 32000;
-
-pub struct Node {
-    pub name: String,
-    pub ip: String,
-    pub dir: PathBuf,
-    pub log: PathBuf,
-    pub child: Option<Child>,
-    pub paused: bool,
-}
-
-impl Node {
-    pub fn http(&self) -> String {
-        format!("{}:{HTTP_PORT}", self.ip)
-    }
-}
 
 pub struct Cluster {
     /// Node processes that exited without being killed or removed by the nemesis: a crash
@@ -36,39 +23,38 @@ pub struct Cluster {
     pub unexpected_exits: Vec<String>,
     /// Where node logs are copied when the cluster is dropped.
     pub keep_logs: Option<PathBuf>,
-    pub bin: PathBuf,
-    pub nodes: Vec<Node>,
-    pub client: reqwest::Client,
-    extra: Vec<String>,
+    /// Each node's loopback address, which the network faults target.
+    pub ips: Vec<String>,
+    inner: harness::Cluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = harness::Cluster;
+    fn deref(&self) -> &harness::Cluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut harness::Cluster {
+        &mut self.inner
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(dir) = &self.keep_logs {
             let _ = std::fs::create_dir_all(dir);
-            for n in &self.nodes {
-                let _ = std::fs::copy(&n.log, dir.join(format!("{}.log", n.name)));
+            for n in &self.inner.nodes {
+                let _ = std::fs::copy(&n.log, dir.join(format!("{}.log", n.id)));
             }
         }
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                signal(&c, libc::SIGCONT);
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
+        // The harness's nodes resume and kill their processes as they are dropped.
     }
 }
 
 impl Cluster {
-    /// Prepares `n` nodes under `root` (nothing is started yet).
+    /// Prepares `n` nodes under `root` (nothing is started yet); `extra` goes to every node.
     pub fn new(
         bin: PathBuf,
         root: PathBuf,
@@ -77,220 +63,142 @@ impl Cluster {
         extra: &[&str],
     ) -> Cluster {
         let [a, b, c, d] = first_ip.octets();
-        let nodes = (0..n)
-            .map(|i| Node {
-                name: format!("n{i}"),
-                ip: format!("{a}.{b}.{c}.{}", d as usize + i),
-                dir: root.join(format!("n{i}")),
-                log: root.join(format!("n{i}.log")),
-                child: None,
-                paused: false,
-            })
+        let ips: Vec<String> = (0..n)
+            .map(|i| format!("{a}.{b}.{c}.{}", d as usize + i))
             .collect();
+        let mut inner = harness::Cluster::new(bin);
+        for (i, ip) in ips.iter().enumerate() {
+            let mut node = Node::new(
+                format!("n{i}"),
+                format!("{ip}:{HTTP_PORT}"),
+                format!("{ip}:{RAFT_PORT}"),
+                root.join(format!("n{i}")),
+                root.join(format!("n{i}.log")),
+            );
+            // Only used when joining (a wiped node); ignored on restarts.
+            node.args = ["-join-timeout", "60"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            inner.nodes.push(node);
+        }
         Cluster {
             unexpected_exits: Vec::new(),
             keep_logs: None,
-            bin,
-            nodes,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(2))
-                .build()
-                .expect("http client"),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ips,
+            inner,
         }
     }
 
+    /// Each node's loopback address, as the firewall takes them.
     pub fn ips(&self) -> Vec<&str> {
-        self.nodes.iter().map(|n| n.ip.as_str()).collect()
+        self.ips.iter().map(String::as_str).collect()
     }
 
     /// Starts node `i`, joining via the other nodes when `join` is set.
-    pub fn start(&mut self, i: usize, join: bool) -> Result<(), String> {
-        let others: Vec<String> = (0..self.nodes.len())
-            .filter(|j| *j != i)
-            .map(|j| self.nodes[j].http())
-            .collect();
-        let n = &mut self.nodes[i];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .map_err(|e| format!("{}: {e}", n.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["-id", &n.name])
-            .args(["-haddr", &n.http()])
-            .args(["-raddr", &format!("{}:{RAFT_PORT}", n.ip)]);
-        if join {
-            cmd.args(["-join", &others.join(","), "-join-timeout", "60"]);
-        }
-        cmd.args(&self.extra)
-            .arg(&n.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
-        n.child = Some(
-            cmd.spawn()
-                .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?,
-        );
-        n.paused = false;
-        Ok(())
+    pub fn start(&mut self, i: usize, join: bool) -> Result<()> {
+        let others: Vec<String> = if join {
+            (0..self.nodes.len())
+                .filter(|j| *j != i)
+                .map(|j| self.nodes[j].http.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bin = self.inner.bin.clone();
+        let n = &mut self.inner.nodes[i];
+        n.spawn(&bin, &others)
+            .with_context(|| format!("starting {}", n.id))
     }
 
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            signal(&c, libc::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.nodes[i].paused = false;
+        self.nodes[i].kill();
     }
 
     pub fn pause(&mut self, i: usize) {
-        if let Some(c) = &self.nodes[i].child {
-            signal(c, libc::SIGSTOP);
-            self.nodes[i].paused = true;
-        }
+        self.nodes[i].pause();
     }
 
     pub fn resume(&mut self, i: usize) {
-        if let Some(c) = &self.nodes[i].child {
-            signal(c, libc::SIGCONT);
-        }
-        self.nodes[i].paused = false;
+        self.nodes[i].resume();
     }
 
     pub fn resume_all(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.resume(i);
+        for n in &mut self.inner.nodes {
+            n.resume();
         }
     }
 
     /// Restarts every node whose process exited on its own, recording each as a finding.
     pub fn restart_exited(&mut self) {
         for i in 0..self.nodes.len() {
-            let status = match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(st))) => st,
-                _ => continue,
+            let Some(status) = self.inner.nodes[i].exited() else {
+                continue;
             };
-            self.nodes[i].child = None;
             let what = format!(
                 "{} exited on its own ({status}); last log lines:\n{}",
-                self.nodes[i].name,
-                self.log_tail(i, 15)
+                self.nodes[i].id,
+                self.nodes[i].log_tail(15)
             );
             println!("torture: {what}");
             self.unexpected_exits.push(what);
             // A wiped node (churn that failed midway) must join; one with state resumes.
             let join = !self.nodes[i].dir.join("raft").exists();
             if let Err(e) = self.start(i, join) {
-                println!("torture: restarting {}: {e}", self.nodes[i].name);
+                println!("torture: restarting {}: {e}", self.nodes[i].id);
             }
         }
     }
 
-    /// Whether node `i`'s process has exited (reaping it if so).
+    /// Whether node `i`'s process has exited (reaping it if so), or was never started.
     pub fn exited(&mut self, i: usize) -> bool {
-        match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) | None => {
-                self.nodes[i].child = None;
-                true
-            }
-            _ => false,
-        }
+        !self.inner.nodes[i].is_running()
     }
 
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        let url = format!("http://{}/status", self.nodes[i].http());
-        self.client.get(url).send().await.ok()?.json().await.ok()
+    pub async fn status(&self, i: usize) -> Option<Status> {
+        self.nodes[i].status().await
     }
 
-    /// The node that claims leadership with the highest term, if any.
+    /// The live node that claims leadership with the highest term, if any.
     pub async fn leader(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_none() || self.nodes[i].paused {
-                continue;
-            }
+        for i in self.live() {
             if let Some(s) = self.status(i).await {
-                let term = s["term"].as_u64().unwrap_or(0);
-                if s["role"] == "leader" && best.is_none_or(|(t, _)| term > t) {
-                    best = Some((term, i));
+                if s.is_leader() && best.is_none_or(|(t, _)| s.term > t) {
+                    best = Some((s.term, i));
                 }
             }
         }
         best.map(|(_, i)| i)
     }
 
-    /// Waits for a leader that every running node agrees on.
-    pub async fn wait_leader(&mut self, deadline: Duration) -> Result<usize, String> {
+    /// Waits for a leader that every running node agrees on, restarting nodes that exit
+    /// on their own meanwhile.
+    pub async fn wait_leader(&mut self, deadline: Duration) -> Result<usize> {
         let start = Instant::now();
         loop {
             self.restart_exited();
-            if let Some(l) = self.leader().await {
-                let name = &self.nodes[l].name;
-                let mut agreed = true;
-                for i in 0..self.nodes.len() {
-                    if self.nodes[i].child.is_none() {
-                        continue;
-                    }
-                    let s = self.status(i).await;
-                    if s.as_ref().and_then(|s| s["leader"]["id"].as_str()) != Some(name) {
-                        agreed = false;
-                    }
-                }
-                if agreed {
-                    return Ok(l);
-                }
+            if let Some(l) = self.agreed_leader().await {
+                return Ok(l);
             }
             if start.elapsed() > deadline {
-                let mut views = String::new();
-                for i in 0..self.nodes.len() {
-                    let s = self.status(i).await;
-                    views.push_str(&format!(
-                        "\n  {}: {}",
-                        self.nodes[i].name,
-                        s.map(|s| format!(
-                            "role {} term {} leader {} applied {}",
-                            s["role"], s["term"], s["leader"]["id"], s["applied_index"]
-                        ))
-                        .unwrap_or_else(|| "no answer".into())
-                    ));
-                }
-                return Err(format!(
-                    "no agreed leader within {deadline:?}; node views:{views}"
-                ));
+                bail!(
+                    "no agreed leader within {deadline:?}; node views:{}",
+                    self.views().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits until the leader lists node `i` as a voter.
-    pub async fn wait_voter(&self, i: usize, deadline: Duration) -> Result<(), String> {
-        let start = Instant::now();
-        let name = self.nodes[i].name.clone();
-        loop {
-            if let Some(l) = self.leader().await {
-                if let Some(s) = self.status(l).await {
-                    let voter = s["members"].as_array().is_some_and(|m| {
-                        m.iter()
-                            .any(|m| m["id"] == name.as_str() && m["voter"] == true)
-                    });
-                    if voter {
-                        return Ok(());
-                    }
-                }
-            }
-            if start.elapsed() > deadline {
-                return Err(format!("{name} did not become a voter within {deadline:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    pub async fn wait_voter(&self, i: usize, deadline: Duration) -> Result<()> {
+        Ok(self.inner.wait_voter(&self.nodes[i].id, deadline).await?)
     }
 
     /// Starts all nodes: the first bootstraps, the rest join; waits until all are voters.
-    pub async fn start_all(&mut self) -> Result<(), String> {
+    pub async fn start_all(&mut self) -> Result<()> {
         self.start(0, false)?;
         self.wait_leader(Duration::from_secs(30)).await?;
         for i in 1..self.nodes.len() {
@@ -302,8 +210,6 @@ impl Cluster {
 
     /// The last lines of node `i`'s log.
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.nodes[i].log_tail(lines)
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use hraftd_store::hostile;
-use hraftd_store::types::node_id_for;
+use hraftd_store::types::raft_id_for;
 use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::io::AsyncReadExt;
@@ -39,7 +39,7 @@ fn frames(
     term: u64,
     keyed: bool,
 ) -> Vec<Vec<u8>> {
-    let me = node_id_for(target);
+    let me = raft_id_for(target);
     let mut out = vec![
         hostile::removed(me, rng.random_range(0..u64::MAX)),
         hostile::removed(me, u64::MAX),
@@ -49,12 +49,12 @@ fn frames(
             .collect(),
     ];
     if let Some(l) = leader {
-        out.push(hostile::leader_stopping(node_id_for(l), term));
+        out.push(hostile::leader_stopping(raft_id_for(l), term));
     }
     if keyed {
         // Without a key these would be obeyed (documented: the port must then be private).
-        out.push(hostile::append(node_id_for("intruder"), term + 1000, "x"));
-        out.push(hostile::vote(node_id_for("intruder"), term + 1000));
+        out.push(hostile::append(raft_id_for("intruder"), term + 1000, "x"));
+        out.push(hostile::vote(raft_id_for("intruder"), term + 1000));
     }
     out
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::checker::Verdict;
@@ -72,19 +73,19 @@ async fn main() -> ExitCode {
     };
     let result = tokio::select! {
         r = run(args) => r,
-        _ = interrupted => Err("interrupted; cluster stopped and network healed".to_string()),
+        _ = interrupted => Err(anyhow::anyhow!("interrupted; cluster stopped and network healed")),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("torture: {e}");
+            eprintln!("torture: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-async fn run(args: Args) -> Result<bool, String> {
+async fn run(args: Args) -> anyhow::Result<bool> {
     // 1. Flags, seed, binary, output dir.
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -95,16 +96,16 @@ async fn run(args: Args) -> Result<bool, String> {
     let bin = match args.hraftd {
         Some(b) => b,
         None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
+            .context("finding this executable")?
             .with_file_name("hraftd"),
     };
     if !bin.exists() {
-        return Err(format!(
+        anyhow::bail!(
             "{} not found; build it first (cargo build --bins) or pass --hraftd",
             bin.display()
-        ));
+        );
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     println!(
         "torture: seed {seed}, {} nodes, {} clients, {:?} of faults",
         args.nodes, args.clients, args.duration
@@ -123,12 +124,12 @@ async fn run(args: Args) -> Result<bool, String> {
     let tmp = tempfile::Builder::new()
         .prefix("hraftd-torture")
         .tempdir()
-        .map_err(|e| e.to_string())?;
+        .context("making a temp dir")?;
     let mut flags = vec!["-snapshot-threshold", "400", "-write-timeout", "2"];
     let key = tmp.path().join("cluster.key");
     let key_arg = key.display().to_string();
     if args.cluster_key {
-        hraftd_store::ClusterKey::generate(&key).map_err(|e| e.to_string())?;
+        hraftd_store::ClusterKey::generate(&key).context("making a cluster key")?;
         flags.extend(["-cluster-key", key_arg.as_str()]);
         println!("torture: peers authenticate with a cluster key");
     }
@@ -153,7 +154,7 @@ async fn run(args: Args) -> Result<bool, String> {
     // 5. Workload under faults.
     let history = workload::History::new();
     let stop = Arc::new(AtomicBool::new(false));
-    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.http()).collect();
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
     let load = tokio::spawn(workload::run(
         prefix.clone(),
         nodes,
@@ -165,7 +166,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut nemesis = nemesis::Nemesis::new(seed, firewall.as_ref(), args.cluster_key);
     let faults = nemesis.run(&mut cluster, &history, args.duration).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let keys = load.await.map_err(|e| e.to_string())?;
+    let keys = load.await.context("the workload task")?;
 
     // 6. Heal everything and let the cluster settle.
     nemesis.heal(&mut cluster).await;
@@ -174,7 +175,7 @@ async fn run(args: Args) -> Result<bool, String> {
     // 7. Final consistent reads of every key, part of the history.
     let http = workload::client();
     for key in &keys {
-        let node = cluster.nodes[leader].http();
+        let node = cluster.nodes[leader].http.clone();
         for _ in 0..20 {
             let got = workload::run_op(
                 &http,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 use std::time::Instant;
 
+use hraftd_client::ReadLevel;
 use rand::rngs::StdRng;
 use rand::Rng;
 use rand::SeedableRng;
@@ -99,7 +100,7 @@ impl<'a> Nemesis<'a> {
                     Fault {
                         at,
                         kind,
-                        target: c.nodes[i].name.clone(),
+                        target: c.nodes[i].id.clone(),
                         leader_fault: leader == Some(i),
                     }
                 }
@@ -115,7 +116,7 @@ impl<'a> Nemesis<'a> {
                     Fault {
                         at,
                         kind: "SIGSTOP/SIGCONT",
-                        target: c.nodes[i].name.clone(),
+                        target: c.nodes[i].id.clone(),
                         leader_fault: leader == Some(i),
                     }
                 }
@@ -150,7 +151,7 @@ impl<'a> Nemesis<'a> {
                     tokio::time::sleep(secs(&mut self.rng, 3.0, 8.0)).await;
                     let _ = fw.heal();
                     let names: Vec<String> =
-                        isolated.iter().map(|&j| c.nodes[j].name.clone()).collect();
+                        isolated.iter().map(|&j| c.nodes[j].id.clone()).collect();
                     Fault {
                         at,
                         kind,
@@ -171,7 +172,7 @@ impl<'a> Nemesis<'a> {
                     Fault {
                         at,
                         kind: "one-way cut",
-                        target: format!("{}->{}", c.nodes[a].name, c.nodes[b].name),
+                        target: format!("{}->{}", c.nodes[a].id, c.nodes[b].id),
                         leader_fault: false,
                     }
                 }
@@ -193,20 +194,11 @@ impl<'a> Nemesis<'a> {
         let nodes: Vec<(String, String)> = c
             .nodes
             .iter()
-            .map(|n| {
-                (
-                    n.name.clone(),
-                    format!("{}:{}", n.ip, crate::cluster::RAFT_PORT),
-                )
-            })
+            .map(|n| (n.id.clone(), n.raft.clone()))
             .collect();
-        let leader_name = leader.map(|l| c.nodes[l].name.clone());
+        let leader_name = leader.map(|l| c.nodes[l].id.clone());
         let term = match leader {
-            Some(l) => c
-                .status(l)
-                .await
-                .and_then(|s| s["term"].as_u64())
-                .unwrap_or(0),
+            Some(l) => c.status(l).await.map(|s| s.term).unwrap_or(0),
             None => 0,
         };
         let until = Instant::now() + secs(&mut self.rng, 2.0, 5.0);
@@ -234,38 +226,29 @@ impl<'a> Nemesis<'a> {
     /// Removes node `i` from the cluster, waits for it to exit, wipes its data and joins
     /// it back as a new member under the same name.
     async fn churn(&mut self, c: &mut Cluster, i: usize) -> Fault {
-        let at_name = c.nodes[i].name.clone();
+        let at_name = c.nodes[i].id.clone();
         let fault = |kind| Fault {
             at: 0,
             kind,
             target: at_name.clone(),
             leader_fault: false,
         };
-        let http = workload::client();
         let Some(leader) = c.leader().await else {
             return fault("churn skipped (no leader)");
         };
         let leader_fault = leader == i;
-        let body = json!({ "id": c.nodes[i].name }).to_string();
-        let url = format!("http://{}/remove", c.nodes[leader].http());
-        let removed = http
-            .post(url)
+        let remover = hraftd_client::Client::builder([c.nodes[leader].http.clone()])
             .timeout(Duration::from_secs(20))
-            .body(body)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
+            .build()
+            .expect("an HTTP client");
+        let removed = remover.remove(&c.nodes[i].id).await.is_ok();
         if !removed {
             // The answer was lost, but the removal may have committed: then the node
             // leaves, and that is no finding.
-            let name = c.nodes[i].name.clone();
+            let name = c.nodes[i].id.clone();
             tokio::time::sleep(Duration::from_secs(3)).await;
             let still_member = match c.leader().await {
-                Some(l) => c.status(l).await.is_none_or(|s| {
-                    s["members"]
-                        .as_array()
-                        .is_none_or(|m| m.iter().any(|m| m["id"] == name.as_str()))
-                }),
+                Some(l) => c.status(l).await.is_none_or(|s| s.has_member(&name)),
                 None => true,
             };
             if still_member {
@@ -279,20 +262,20 @@ impl<'a> Nemesis<'a> {
         if !c.exited(i) {
             println!(
                 "torture: {} did not exit within 35 s of its removal; killing it",
-                c.nodes[i].name
+                c.nodes[i].id
             );
             c.kill(i);
         }
         let _ = std::fs::remove_dir_all(&c.nodes[i].dir);
         if let Err(e) = c.start(i, true) {
-            println!("torture: restarting {}: {e}", c.nodes[i].name);
+            println!("torture: restarting {}: {e}", c.nodes[i].id);
         } else if let Err(e) = c.wait_voter(i, Duration::from_secs(90)).await {
             println!("torture: {e}\n{}", c.log_tail(i, 20));
         }
         Fault {
             at: 0,
             kind: "membership churn (remove, wipe, re-join)",
-            target: c.nodes[i].name.clone(),
+            target: c.nodes[i].id.clone(),
             leader_fault,
         }
     }
@@ -319,31 +302,27 @@ pub async fn negative_control(
     c: &mut Cluster,
     fw: &Firewall,
     prefix: &str,
-) -> Result<Control, String> {
+) -> anyhow::Result<Control> {
     let key = format!("{prefix}-control");
     let leader = c.wait_leader(Duration::from_secs(30)).await?;
     let f = (leader + 1) % c.nodes.len();
     let history = History::new();
     let http = workload::client();
-    let lead = c.nodes[leader].http();
-    let follower = c.nodes[f].http();
+    let lead = c.nodes[leader].http.clone();
+    let follower = c.nodes[f].http.clone();
     let write = |v: &str| OpKind::Write(v.to_string());
     if workload::run_op(&http, &history, 0, &lead, &key, write("c1")).await != Outcome::Ok {
-        return Err("negative control: first write failed".into());
+        anyhow::bail!("negative control: first write failed");
     }
-    let stale_url = format!("http://{follower}/key/{key}?level=stale");
+    let stale = http.to([follower]);
     let start = Instant::now();
     loop {
-        let seen = http.get(&stale_url).send().await.ok();
-        let body: serde_json::Value = match seen {
-            Some(r) => r.json().await.unwrap_or_default(),
-            None => serde_json::Value::Null,
-        };
-        if body[&key] == "c1" {
+        let seen = stale.get(&key, ReadLevel::Stale).await.ok().flatten();
+        if seen.as_deref() == Some("c1") {
             break;
         }
         if start.elapsed() > Duration::from_secs(10) {
-            return Err("negative control: follower never applied the first write".into());
+            anyhow::bail!("negative control: follower never applied the first write");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -352,14 +331,7 @@ pub async fn negative_control(
     fw.isolate(ips[f], &others)?;
     let wrote = workload::run_op(&http, &history, 0, &lead, &key, write("c2")).await;
     let invoke = history.now();
-    let stale = http.get(&stale_url).send().await;
-    let stale_value = match stale {
-        Ok(r) if r.status().is_success() => {
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            v[&key].as_str().map(String::from)
-        }
-        _ => None,
-    };
+    let stale_value = stale.get(&key, ReadLevel::Stale).await.ok().flatten();
     history.push(Op {
         client: 1,
         key: key.clone(),
@@ -374,13 +346,13 @@ pub async fn negative_control(
     });
     fw.heal()?;
     if wrote != Outcome::Ok {
-        return Err("negative control: second write failed with a follower cut off".into());
+        anyhow::bail!("negative control: second write failed with a follower cut off");
     }
     let verdict = checker::check_key(&history.snapshot());
     let caught = verdict == Verdict::NotLinearizable;
     println!(
         "torture: negative control: stale read of {key} on cut-off {} returned {:?} after \"c2\" was acknowledged; checker says {verdict:?} ({})",
-        c.nodes[f].name,
+        c.nodes[f].id,
         stale_value,
         if caught { "caught, as it must be" } else { "NOT CAUGHT" }
     );
@@ -408,9 +380,7 @@ pub async fn convergence(c: &Cluster, keys: &[String], deadline: Duration) -> Co
         let mut applied = Vec::new();
         for i in 0..c.nodes.len() {
             let s = c.status(i).await;
-            applied.push(
-                s.and_then(|s| Some((s["applied_index"].as_u64()?, s["commit_index"].as_u64()?))),
-            );
+            applied.push(s.map(|s| (s.applied_index, s.commit_index)));
         }
         let same = applied.iter().all(|a| a.is_some() && *a == applied[0]);
         if !same {
@@ -422,17 +392,12 @@ pub async fn convergence(c: &Cluster, keys: &[String], deadline: Duration) -> Co
         'keys: for key in keys {
             let mut first: Option<Option<String>> = None;
             for n in &c.nodes {
-                let url = format!("http://{}/key/{key}?level=stale", n.http());
-                let v = match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        v[key].as_str().map(String::from)
-                    }
-                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => None,
-                    _ => Some("<unreachable>".into()),
+                let v = match http.to([n.http.clone()]).get(key, ReadLevel::Stale).await {
+                    Ok(v) => v,
+                    Err(_) => Some("<unreachable>".into()),
                 };
                 if *first.get_or_insert(v.clone()) != v {
-                    mismatch = Some(format!("{key}: {first:?} vs {v:?} on {}", n.name));
+                    mismatch = Some(format!("{key}: {first:?} vs {v:?} on {}", n.id));
                     break 'keys;
                 }
             }

@@ -6,21 +6,24 @@
 
 use std::process::Command;
 
-fn iptables(args: &[&str]) -> Result<(), String> {
+use anyhow::bail;
+use anyhow::Context;
+use anyhow::Result;
+
+fn iptables(args: &[&str]) -> Result<()> {
     let out = Command::new("iptables")
         .args(["-w", "5"])
         .args(args)
         .output()
-        .map_err(|e| format!("running iptables: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
+        .context("running iptables")?;
+    if !out.status.success() {
+        bail!(
             "iptables {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        );
     }
+    Ok(())
 }
 
 /// Owns the firewall chain while it exists; removes it on drop.
@@ -32,7 +35,7 @@ pub struct Firewall {
 
 impl Firewall {
     /// Sets up the chain, or explains why network faults are not possible here.
-    pub fn new(first_ip: std::net::Ipv4Addr) -> Result<Firewall, String> {
+    pub fn new(first_ip: std::net::Ipv4Addr) -> Result<Firewall> {
         let chain = format!("HRAFTD_T_{}", first_ip.to_string().replace('.', "_"));
         // A chain left by a run that was killed: remove it first.
         let _ = teardown(&chain);
@@ -45,12 +48,12 @@ impl Firewall {
     }
 
     /// Drops packets from `from` to `to` (one way).
-    pub fn cut(&self, from: &str, to: &str) -> Result<(), String> {
+    pub fn cut(&self, from: &str, to: &str) -> Result<()> {
         iptables(&["-A", &self.chain, "-s", from, "-d", to, "-j", "DROP"])
     }
 
     /// Drops traffic both ways between `a` and every address in `others`.
-    pub fn isolate(&self, a: &str, others: &[&str]) -> Result<(), String> {
+    pub fn isolate(&self, a: &str, others: &[&str]) -> Result<()> {
         for b in others {
             self.cut(a, b)?;
             self.cut(b, a)?;
@@ -59,12 +62,12 @@ impl Firewall {
     }
 
     /// Removes every rule: the network is whole again.
-    pub fn heal(&self) -> Result<(), String> {
+    pub fn heal(&self) -> Result<()> {
         iptables(&["-F", &self.chain])
     }
 }
 
-fn teardown(chain: &str) -> Result<(), String> {
+fn teardown(chain: &str) -> Result<()> {
     let _ = iptables(&["-D", "OUTPUT", "-j", chain]);
     iptables(&["-F", chain])?;
     iptables(&["-X", chain])

@@ -10,11 +10,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use hraftd_client as client;
+use hraftd_client::Client;
+use hraftd_client::ErrorCode;
+use hraftd_client::ReadLevel;
 use rand::rngs::StdRng;
 use rand::Rng;
 use rand::SeedableRng;
-use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::checker::Op;
 use crate::checker::OpKind;
@@ -55,76 +57,52 @@ impl History {
     }
 }
 
-/// An HTTP client that follows 307s to the leader (like `curl -L`).
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(4))
+/// A typed client that follows 307s to the leader (like `curl -L`); pointed at one node
+/// per operation with [`Client::to`].
+pub fn client() -> Client {
+    Client::builder(Vec::<String>::new())
         .timeout(OP_TIMEOUT)
         .connect_timeout(Duration::from_secs(1))
-        .pool_max_idle_per_host(2)
         .build()
         .expect("http client")
 }
 
-/// Classifies a write or delete response. Only answers that prove the request never
-/// reached the log are failures; anything else unclear is indeterminate.
-fn write_outcome(res: &Result<(StatusCode, String), reqwest::Error>) -> Outcome {
+/// Classifies a write or delete. Only answers that prove the request never reached the
+/// log are failures (a refusal in the 4xx range, "no leader known", or a connection that
+/// was never made); anything else unclear is indeterminate.
+fn write_outcome(res: &Result<u64, client::Error>) -> Outcome {
     match res {
-        Ok((s, _)) if s.is_success() => Outcome::Ok,
-        Ok((s, _)) if s.is_client_error() && *s != StatusCode::REQUEST_TIMEOUT => Outcome::Fail,
-        // 503 "no leader is known": refused before any proposal.
-        Ok((s, body))
-            if *s == StatusCode::SERVICE_UNAVAILABLE && body.contains("no leader is known") =>
-        {
-            Outcome::Fail
-        }
-        Ok(_) => Outcome::Info,
+        Ok(_) => Outcome::Ok,
         Err(e) if e.is_connect() => Outcome::Fail,
-        Err(_) => Outcome::Info,
+        Err(e) => match (e.status(), e.code()) {
+            (_, Some(ErrorCode::NoLeader)) => Outcome::Fail,
+            (Some(s), _) if (400..500).contains(&s) && s != 408 => Outcome::Fail,
+            _ => Outcome::Info,
+        },
     }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Result<(StatusCode, String), reqwest::Error> {
-    let resp = req.send().await?;
-    let status = resp.status();
-    Ok((status, resp.text().await?))
 }
 
 /// Performs one operation against `node` (an HTTP address) and records it.
 pub async fn run_op(
-    http: &reqwest::Client,
+    http: &Client,
     history: &History,
     client_id: usize,
     node: &str,
     key: &str,
     kind: OpKind,
 ) -> Outcome {
+    let http = http.to([node]);
     let invoke = history.now();
     let (kind, outcome) = match kind {
         OpKind::Write(v) => {
-            let req = http.put(format!("http://{node}/key/{key}")).body(v.clone());
-            (OpKind::Write(v), write_outcome(&send(req).await))
+            let res = http.put(key, &v).await;
+            (OpKind::Write(v), write_outcome(&res))
         }
-        OpKind::Delete => {
-            let req = http.delete(format!("http://{node}/key/{key}"));
-            (OpKind::Delete, write_outcome(&send(req).await))
-        }
-        OpKind::Read(_) => {
-            let req = http.get(format!("http://{node}/key/{key}?level=consistent"));
-            match send(req).await {
-                Ok((StatusCode::OK, body)) => {
-                    let v: Value = serde_json::from_str(&body).unwrap_or_default();
-                    match v[key].as_str() {
-                        Some(s) => (OpKind::Read(Some(Some(s.to_string()))), Outcome::Ok),
-                        None => (OpKind::Read(None), Outcome::Info),
-                    }
-                }
-                Ok((StatusCode::NOT_FOUND, body)) if body.contains("key not found") => {
-                    (OpKind::Read(Some(None)), Outcome::Ok)
-                }
-                _ => (OpKind::Read(None), Outcome::Fail),
-            }
-        }
+        OpKind::Delete => (OpKind::Delete, write_outcome(&http.delete(key).await)),
+        OpKind::Read(_) => match http.get(key, ReadLevel::Consistent).await {
+            Ok(v) => (OpKind::Read(Some(v)), Outcome::Ok),
+            Err(_) => (OpKind::Read(None), Outcome::Fail),
+        },
     };
     history.push(Op {
         client: client_id,

@@ -2,13 +2,11 @@
 //! `:port` addresses, a cluster key, a positional data dir, `-join`, and `curl -L`-style
 //! reads on every node.
 
-mod common;
-
 use std::process::Command;
 use std::process::Stdio;
 
-use common::free_port;
-use common::TestCluster;
+use crate::common::free_port;
+use crate::common::TestCluster;
 
 #[tokio::test]
 async fn readme_quick_start() {
@@ -17,7 +15,7 @@ async fn readme_quick_start() {
     let first_http = ports[0].0;
     // hraftd gen-key ~/hraftd.key
     let key = c.tmp.path().join("hraftd.key").display().to_string();
-    let made = Command::new(common::bin())
+    let made = Command::new(crate::common::bin())
         .args(["gen-key", &key])
         .output()
         .unwrap();
@@ -26,7 +24,7 @@ async fn readme_quick_start() {
         // hraftd -cluster-key ~/hraftd.key -haddr :11001 -raddr :12001 -join :11000 ~/node1
         let dir = c.tmp.path().join(format!("node{i}"));
         let log = std::fs::File::create(c.tmp.path().join(format!("node{i}.log"))).unwrap();
-        let mut cmd = Command::new(common::bin());
+        let mut cmd = Command::new(crate::common::bin());
         cmd.args(["-cluster-key", &key]);
         cmd.args(["-haddr", &format!(":{h}"), "-raddr", &format!(":{r}")]);
         if i > 0 {
@@ -37,18 +35,17 @@ async fn readme_quick_start() {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = cmd.spawn().expect("spawn hraftd");
-        c.nodes.push(common::TestNode {
-            // The default id is the advertised raft address.
-            name: format!("127.0.0.1:{r}"),
-            http: format!("127.0.0.1:{h}"),
-            raft: format!("127.0.0.1:{r}"),
+        // The default id is the advertised raft address.
+        let mut node = hraftd::harness::Node::new(
+            format!("127.0.0.1:{r}"),
+            format!("127.0.0.1:{h}"),
+            format!("127.0.0.1:{r}"),
             dir,
-            log: c.tmp.path().join(format!("node{i}.log")),
-            extra_args: vec![],
-            env: vec![],
-            child: Some(child),
-        });
-        let name = c.nodes[i].name.clone();
+            c.tmp.path().join(format!("node{i}.log")),
+        );
+        node.attach(child);
+        c.nodes.push(node);
+        let name = c.nodes[i].id.clone();
         c.must_be_voter(&name).await;
     }
     // curl -XPOST localhost:11000/key -d '{"user1":"batman"}'
@@ -68,7 +65,10 @@ async fn readme_quick_start() {
         );
     }
     // --help documents the flags.
-    let help = Command::new(common::bin()).arg("--help").output().unwrap();
+    let help = Command::new(crate::common::bin())
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in [
         "--haddr",
@@ -83,6 +83,7 @@ async fn readme_quick_start() {
         "--max-key-bytes",
         "gen-key",
         "DATA_DIR",
+        "--data-dir",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }

@@ -1,8 +1,6 @@
 //! One node: bootstrap, CRUD through every route, and bad input against the real server.
 
-mod common;
-
-use common::TestCluster;
+use crate::common::TestCluster;
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -11,10 +9,10 @@ use serde_json::json;
 async fn bootstrap_and_crud() {
     let c = TestCluster::start(1, &[]).await;
     let s = c.status(0).await.expect("status");
-    assert_eq!(s["id"], "node0");
-    assert_eq!(s["role"], "leader");
-    assert_eq!(s["members"].as_array().map(|m| m.len()), Some(1));
-    assert_eq!(s["members"][0]["voter"], true);
+    assert_eq!(s.id, "node0");
+    assert_eq!(s.role, "leader");
+    assert_eq!(s.members.len(), 1);
+    assert!(s.members[0].voter);
 
     let (st, _, v) = c
         .raw(
@@ -60,13 +58,12 @@ async fn bootstrap_and_crud() {
     assert!(v["error"].is_string());
 
     // Status metrics trail the apply slightly; they converge.
-    common::wait_for(
+    crate::common::wait_for(
         "applied_index to reach commit_index",
-        common::DEADLINE,
+        crate::common::DEADLINE,
         || async {
             let s = c.status(0).await?;
-            (s["applied_index"] == s["commit_index"] && s["commit_index"].as_u64()? >= 5)
-                .then_some(())
+            (s.applied_index == s.commit_index && s.commit_index >= 5).then_some(())
         },
     )
     .await;
@@ -126,9 +123,9 @@ async fn bad_input_gets_json_errors_and_changes_nothing() {
 
 /// The applied index once status has caught up with the commit index.
 async fn settled_index(c: &TestCluster) -> u64 {
-    common::wait_for("status to settle", common::DEADLINE, || async {
+    crate::common::wait_for("status to settle", crate::common::DEADLINE, || async {
         let s = c.status(0).await?;
-        (s["applied_index"] == s["commit_index"]).then(|| s["applied_index"].as_u64())?
+        (s.applied_index == s.commit_index).then_some(s.applied_index)
     })
     .await
 }

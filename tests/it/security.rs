@@ -2,16 +2,14 @@
 //! slow frames, and nodes without the cluster key or with a certificate from another CA.
 //! Each test's forged input comes from `hraftd_store::hostile`, in the real wire format.
 
-mod common;
-
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use hraftd_store::hostile;
-use hraftd_store::types::node_id_for;
+use hraftd_store::types::raft_id_for;
 use reqwest::Method;
 use reqwest::StatusCode;
 use tokio::io::AsyncReadExt;
@@ -69,18 +67,13 @@ fn gen_key(path: &Path) {
 async fn cluster_view(c: &TestCluster) -> (String, u64, Vec<String>) {
     let l = c.must_leader().await;
     let s = c.status(l).await.expect("leader status");
-    let mut members: Vec<String> = s["members"]
-        .as_array()
-        .unwrap()
+    let mut members: Vec<String> = s
+        .members
         .iter()
-        .map(|m| format!("{}:{}", m["id"], m["voter"]))
+        .map(|m| format!("{}:{}", m.id, m.voter))
         .collect();
     members.sort();
-    (
-        s["id"].as_str().unwrap().to_string(),
-        s["term"].as_u64().unwrap(),
-        members,
-    )
+    (s.id, s.term, members)
 }
 
 async fn must_be_ready(c: &mut TestCluster) {
@@ -97,24 +90,24 @@ async fn with_a_cluster_key_no_unauthenticated_frame_is_obeyed() {
     let (mut c, _key) = keyed_cluster(3, &[]).await;
     for i in 0..3 {
         let s = c.status(i).await.unwrap();
-        assert_eq!(s["peer_auth"], "cluster-key", "node{i}: {s}");
+        assert_eq!(s.peer_auth, "cluster-key", "node{i}: {s:?}");
     }
     c.must_put(0, "precious", "v1").await;
     let before = cluster_view(&c).await;
-    let leader = node_id_for(&before.0);
+    let leader = raft_id_for(&before.0);
     let term = before.1;
 
     // Every attack on its own connection, all at once (short ones wait out the handshake
     // deadline before they are cut off).
     let mut attacks = Vec::new();
     for i in 0..3 {
-        let me = node_id_for(&c.nodes[i].name);
+        let me = raft_id_for(&c.nodes[i].id);
         let addr = c.nodes[i].raft.clone();
         let frames = [
             hostile::removed(me, u64::MAX),
             hostile::leader_stopping(leader, term),
-            hostile::append(node_id_for("intruder"), term + 100, "precious"),
-            hostile::vote(node_id_for("intruder"), term + 100),
+            hostile::append(raft_id_for("intruder"), term + 100, "precious"),
+            hostile::vote(raft_id_for("intruder"), term + 100),
             hostile::nested_batch_append(90_000),
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             vec![0xff; 64],
@@ -169,12 +162,12 @@ async fn with_a_cluster_key_no_unauthenticated_frame_is_obeyed() {
 async fn without_auth_forged_notices_are_only_hints() {
     let mut c = TestCluster::start(3, &[]).await;
     let s = c.status(0).await.unwrap();
-    assert_eq!(s["peer_auth"], "none");
+    assert_eq!(s.peer_auth, "none");
     c.must_put(0, "k", "v").await;
     let before = cluster_view(&c).await;
     let leader_name = before.0.clone();
-    let follower = (0..3).find(|i| c.nodes[*i].name != leader_name).unwrap();
-    let me = node_id_for(&c.nodes[follower].name);
+    let follower = (0..3).find(|i| c.nodes[*i].id != leader_name).unwrap();
+    let me = raft_id_for(&c.nodes[follower].id);
     let addr = c.nodes[follower].raft.clone();
 
     send_frames(
@@ -188,7 +181,7 @@ async fn without_auth_forged_notices_are_only_hints() {
     let (_, term, _) = cluster_view(&c).await;
     send_frames(
         &addr,
-        &[hostile::leader_stopping(node_id_for(&leader_name), term)],
+        &[hostile::leader_stopping(raft_id_for(&leader_name), term)],
         Duration::from_secs(2),
     )
     .await;
@@ -266,7 +259,7 @@ async fn a_node_without_the_cluster_key_cannot_join() {
     gen_key(&other);
 
     let wrong = c.new_node();
-    c.nodes[wrong].extra_args = vec!["-cluster-key".into(), other.display().to_string()];
+    c.nodes[wrong].args = vec!["-cluster-key".into(), other.display().to_string()];
     let leader_http = c.nodes[0].http.clone();
     c.spawn(wrong, Some(&leader_http));
     let st = c.must_exit(wrong, DEADLINE).await;
@@ -275,13 +268,13 @@ async fn a_node_without_the_cluster_key_cannot_join() {
     assert!(log.contains("403"), "the refusal says why:\n{log}");
 
     let keyless = c.new_node();
-    c.nodes[keyless].extra_args = vec![];
+    c.nodes[keyless].args = vec![];
     c.spawn(keyless, Some(&leader_http));
     let st = c.must_exit(keyless, DEADLINE).await;
     assert!(!st.success(), "a node without a key must not start");
 
     let s = c.status(0).await.unwrap();
-    assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s.members.len(), 1, "{s:?}");
     c.must_put(0, "k", "v").await;
 }
 
@@ -371,21 +364,21 @@ async fn mutual_tls_admits_only_certificates_from_the_cluster_ca() {
     let mut c = TestCluster::empty(&[]);
     let dir = c.tmp.path().to_path_buf();
     let n0 = c.new_node();
-    c.nodes[n0].extra_args = pki.node_flags(&dir, "node0");
+    c.nodes[n0].args = pki.node_flags(&dir, "node0");
     c.spawn(n0, None);
     c.must_leader().await;
     let n1 = c.new_node();
-    c.nodes[n1].extra_args = pki.node_flags(&dir, "node1");
+    c.nodes[n1].args = pki.node_flags(&dir, "node1");
     let leader_http = c.nodes[0].http.clone();
     c.spawn(n1, Some(&leader_http));
     c.must_be_voter("node1").await;
-    assert_eq!(c.status(1).await.unwrap()["peer_auth"], "mtls");
+    assert_eq!(c.status(1).await.unwrap().peer_auth, "mtls");
     c.must_put(0, "secret", "tls").await;
     c.must_see(1, "secret", "tls").await;
 
     let rogue = Pki::new();
     let n2 = c.new_node();
-    c.nodes[n2].extra_args = rogue.node_flags(&dir, "node2");
+    c.nodes[n2].args = rogue.node_flags(&dir, "node2");
     c.spawn(n2, Some(&leader_http));
     let st = c.must_exit(n2, DEADLINE).await;
     assert!(
@@ -393,11 +386,11 @@ async fn mutual_tls_admits_only_certificates_from_the_cluster_ca() {
         "a node with a foreign certificate must not join"
     );
     let s = c.status(0).await.unwrap();
-    assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s.members.len(), 2, "{s:?}");
 
     let closed = send_frames(
         &c.nodes[1].raft,
-        &[hostile::removed(node_id_for("node1"), u64::MAX)],
+        &[hostile::removed(raft_id_for("node1"), u64::MAX)],
         Duration::from_secs(10),
     )
     .await;
@@ -411,7 +404,7 @@ async fn mutual_tls_admits_only_certificates_from_the_cluster_ca() {
 
 async fn must_be_ready_running(c: &mut TestCluster, nodes: &[usize]) {
     for &i in nodes {
-        assert!(c.is_running(i), "node{i} exited\n{}", c.logs());
+        assert!(c.is_running(i), "node{i} exited\n{}", c.logs(30));
         wait_for(&format!("node{i} ready"), DEADLINE, || async {
             let (s, _, _) = c.raw(i, Method::GET, "/readyz", "").await;
             (s == StatusCode::OK).then_some(())
@@ -428,9 +421,9 @@ async fn membership_works_under(flags: impl Fn(&Path, &str) -> Vec<String>) {
     let dir = c.tmp.path().to_path_buf();
     for i in 0..3 {
         let n = c.new_node();
-        let mut args = c.nodes[n].extra_args.clone();
+        let mut args = c.nodes[n].args.clone();
         args.extend(flags(&dir, &format!("node{i}")));
-        c.nodes[n].extra_args = args;
+        c.nodes[n].args = args;
         let join = (i > 0).then(|| c.nodes[0].http.clone());
         c.spawn(n, join.as_deref());
         c.must_be_voter(&format!("node{i}")).await;
@@ -446,7 +439,7 @@ async fn membership_works_under(flags: impl Fn(&Path, &str) -> Vec<String>) {
     c.must_log(lagger, "installed snapshot").await;
 
     let gone = (leader + 2) % 3;
-    let name = c.nodes[gone].name.clone();
+    let name = c.nodes[gone].id.clone();
     c.must_remove(leader, &name).await;
     c.must_exit_cleanly(gone, DEADLINE).await;
     let n = &mut c.nodes[gone];

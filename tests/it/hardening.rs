@@ -2,11 +2,9 @@
 //! backups that could fill the disk, a fatal storage error, a crash in the middle of a
 //! snapshot install, and a restore that fails midway.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 use reqwest::StatusCode;
 
@@ -118,12 +116,12 @@ async fn a_fatal_storage_error_ends_the_process_non_zero() {
         "the node kept running after {n} writes to a full disk"
     );
     let st = c.must_exit(i, DEADLINE).await;
-    assert!(!st.success(), "exit status {st}\n{}", c.logs());
+    assert!(!st.success(), "exit status {st}\n{}", c.logs(30));
     let log = std::fs::read_to_string(&c.nodes[i].log).unwrap();
     assert!(
         log.contains("fatal"),
         "the reason is logged:\n{}",
-        c.nodes[i].log_tail()
+        c.nodes[i].log_tail(30)
     );
 }
 

@@ -1,20 +1,18 @@
 //! The joining side: a node that cannot reach any `-join` address gives up after
 //! `-join-timeout` and exits non-zero with a clear message.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::free_port;
+use crate::common::free_port;
 
 #[test]
 fn join_that_cannot_succeed_exits_non_zero_with_a_message() {
     let tmp = tempfile::tempdir().unwrap();
     let nobody = free_port();
     let started = Instant::now();
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .args(["-haddr", &format!("127.0.0.1:{}", free_port())])
         .args(["-raddr", &format!("127.0.0.1:{}", free_port())])
         .args(["-join", &format!(":{nobody}"), "-join-timeout", "2"])
@@ -47,7 +45,7 @@ fn busy_port_fails_fast_with_context() {
     let tmp = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let out = Command::new(common::bin())
+    let out = Command::new(crate::common::bin())
         .args(["-haddr", &format!("127.0.0.1:{port}")])
         .args(["-raddr", &format!("127.0.0.1:{}", free_port())])
         .arg(tmp.path().join("n"))

@@ -1,7 +1,5 @@
 //! Operating a cluster: health endpoints, metrics, backup and restore, graceful shutdown.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -11,10 +9,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::bin;
-use common::wait_for;
-use common::TestCluster;
-use common::DEADLINE;
+use crate::common::bin;
+use crate::common::wait_for;
+use crate::common::TestCluster;
+use crate::common::DEADLINE;
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -88,7 +86,7 @@ async fn health_and_metrics_on_a_real_cluster() {
     assert!(applied >= 1.0, "{page}");
     assert!(sample(&page, "hraftd_raft_commit_index", &[]).unwrap() >= applied);
     for f in (0..3).filter(|&f| f != leader) {
-        let label = format!("follower=\"{}\"", c.nodes[f].name);
+        let label = format!("follower=\"{}\"", c.nodes[f].id);
         assert!(
             sample(&page, "hraftd_raft_replication_lag_entries", &[&label]).is_some(),
             "no lag series for {label}:\n{page}"
@@ -218,9 +216,7 @@ async fn backup_from_a_follower_restores_into_a_new_cluster_that_others_join() {
     let mut r = TestCluster::empty(&[]);
     let n = r.new_node();
     let node = &r.nodes[n];
-    let flags = [
-        "-id", &node.name, "-haddr", &node.http, "-raddr", &node.raft,
-    ];
+    let flags = ["-id", &node.id, "-haddr", &node.http, "-raddr", &node.raft];
     let out = restore(&file, &flags, &node.dir);
     assert!(
         out.status.success(),

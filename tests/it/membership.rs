@@ -1,11 +1,9 @@
 //! Membership: a node joining after the log was purged catches up by snapshot; a removed
 //! node shuts itself down and the cluster goes on; removing the leader moves leadership.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestCluster;
+use crate::common::TestCluster;
 
 #[tokio::test]
 async fn node_joining_after_log_purge_gets_a_snapshot() {
@@ -25,7 +23,7 @@ async fn node_joining_after_log_purge_gets_a_snapshot() {
     assert!(
         log.contains("installed snapshot"),
         "node{j} should have installed a snapshot:\n{}",
-        c.nodes[j].log_tail()
+        c.nodes[j].log_tail(30)
     );
     // Snapshot files on disk: complete, and only the newest kept.
     let snaps: Vec<_> = std::fs::read_dir(c.nodes[0].dir.join("snapshots"))
@@ -47,11 +45,11 @@ async fn removed_node_exits_and_cluster_goes_on() {
     let mut c = TestCluster::start(3, &[]).await;
     let leader = c.must_leader().await;
     let victim = (leader + 1) % 3;
-    let name = c.nodes[victim].name.clone();
+    let name = c.nodes[victim].id.clone();
     c.must_remove(leader, &name).await;
     c.must_exit_cleanly(victim, Duration::from_secs(30)).await;
     let s = c.status(leader).await.unwrap();
-    assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s.members.len(), 2, "{s:?}");
     c.must_put(leader, "after-remove", "ok").await;
     let other = (0..3).find(|i| *i != leader && *i != victim).unwrap();
     c.must_see(other, "after-remove", "ok").await;
@@ -61,14 +59,14 @@ async fn removed_node_exits_and_cluster_goes_on() {
 async fn removing_the_leader_moves_leadership() {
     let mut c = TestCluster::start(3, &[]).await;
     let leader = c.must_leader().await;
-    let name = c.nodes[leader].name.clone();
+    let name = c.nodes[leader].id.clone();
     c.must_remove(leader, &name).await;
     c.must_exit_cleanly(leader, Duration::from_secs(30)).await;
     let new = c.must_leader().await;
     assert_ne!(new, leader);
     c.must_put(new, "k", "v").await;
     let s = c.status(new).await.unwrap();
-    assert_eq!(s["members"].as_array().unwrap().len(), 2, "{s}");
+    assert_eq!(s.members.len(), 2, "{s:?}");
 }
 
 #[tokio::test]
@@ -94,7 +92,7 @@ async fn node_down_past_log_purge_catches_up_by_snapshot() {
     assert!(
         log[before..].contains("installed snapshot"),
         "the restarted node should have caught up by snapshot:\n{}",
-        c.nodes[lagger].log_tail()
+        c.nodes[lagger].log_tail(30)
     );
     // Entries appended after the snapshot, then another crash and restart: its log must
     // still be whole (a purge skipped during the install once left a gap here, and the
@@ -119,18 +117,17 @@ async fn same_id_with_new_addresses_replaces_the_member() {
     c.kill(moved);
     // The same node id comes back on new ports with a fresh data dir.
     let n = &mut c.nodes[moved];
-    n.http = format!("127.0.0.1:{}", common::free_port());
-    n.raft = format!("127.0.0.1:{}", common::free_port());
+    n.http = format!("127.0.0.1:{}", crate::common::free_port());
+    n.raft = format!("127.0.0.1:{}", crate::common::free_port());
     n.dir = n.dir.with_extension("moved");
-    let (name, raft) = (n.name.clone(), n.raft.clone());
+    let (name, raft) = (n.id.clone(), n.raft.clone());
     let join = c.nodes[leader].http.clone();
     c.spawn(moved, Some(&join));
     c.must_be_voter(&name).await;
     let s = c.status(leader).await.unwrap();
-    let members = s["members"].as_array().unwrap();
-    assert_eq!(members.len(), 3, "{s}");
-    let m = members.iter().find(|m| m["id"] == name.as_str()).unwrap();
-    assert_eq!(m["raft_addr"], raft.as_str(), "{s}");
+    assert_eq!(s.members.len(), 3, "{s:?}");
+    let m = s.members.iter().find(|m| m.id == name).unwrap();
+    assert_eq!(m.raft_addr, raft, "{s:?}");
     c.must_see(moved, "k", "v").await;
 }
 
@@ -159,9 +156,7 @@ async fn removed_node_rejoins_fresh_under_the_same_name() {
     loop {
         c.must_put(leader, &format!("k{n}"), "v").await;
         n += 1;
-        let applied = c.status(leader).await.unwrap()["applied_index"]
-            .as_u64()
-            .unwrap();
+        let applied = c.status(leader).await.unwrap().applied_index;
         let snap = newest_snapshot_index(&c.nodes[leader].dir);
         if snap.is_some_and(|s| s >= 20 && applied - s <= 12) {
             break;
@@ -169,7 +164,7 @@ async fn removed_node_rejoins_fresh_under_the_same_name() {
         assert!(n < 200, "no snapshot close to the log tip after {n} writes");
     }
     let victim = (leader + 1) % 3;
-    let name = c.nodes[victim].name.clone();
+    let name = c.nodes[victim].id.clone();
     c.must_remove(leader, &name).await;
     c.must_exit_cleanly(victim, Duration::from_secs(30)).await;
     std::fs::remove_dir_all(&c.nodes[victim].dir).unwrap();
@@ -180,17 +175,11 @@ async fn removed_node_rejoins_fresh_under_the_same_name() {
         c.must_put(leader, &format!("back{round}"), "v").await;
         c.must_see(victim, &format!("back{round}"), "v").await;
     }
-    let still_running = c.nodes[victim]
-        .child
-        .as_mut()
-        .unwrap()
-        .try_wait()
-        .unwrap()
-        .is_none();
+    let still_running = c.nodes[victim].is_running();
     assert!(
         still_running,
         "the re-joined node shut itself down:\n{}",
-        c.nodes[victim].log_tail()
+        c.nodes[victim].log_tail(30)
     );
 }
 

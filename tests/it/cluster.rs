@@ -1,8 +1,6 @@
 //! Three nodes: joining, redirects from followers, stale reads, rejoin idempotence.
 
-mod common;
-
-use common::TestCluster;
+use crate::common::TestCluster;
 use reqwest::Method;
 use reqwest::StatusCode;
 use std::time::Duration;
@@ -13,9 +11,8 @@ async fn three_nodes_join_redirect_and_replicate() {
     let c = TestCluster::start(3, &[]).await;
     let leader = c.must_leader().await;
     let s = c.status(leader).await.unwrap();
-    let members = s["members"].as_array().unwrap();
-    assert_eq!(members.len(), 3, "{s}");
-    assert!(members.iter().all(|m| m["voter"] == true), "{s}");
+    assert_eq!(s.members.len(), 3, "{s:?}");
+    assert!(s.members.iter().all(|m| m.voter), "{s:?}");
     let follower = (leader + 1) % 3;
     let leader_http = c.nodes[leader].http.clone();
 
@@ -54,12 +51,12 @@ async fn three_nodes_join_redirect_and_replicate() {
     let n = &c.nodes[follower];
     let body = format!(
         r#"{{"id":"{}","addr":"{}","http_addr":"{}"}}"#,
-        n.name, n.raft, n.http
+        n.id, n.raft, n.http
     );
     let (st, _, v) = c.raw(leader, Method::POST, "/join", &body).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let s = c.status(leader).await.unwrap();
-    assert_eq!(s["members"].as_array().unwrap().len(), 3, "{s}");
+    assert_eq!(s.members.len(), 3, "{s:?}");
 }
 
 #[tokio::test]
@@ -75,12 +72,12 @@ async fn stale_reads_work_without_a_leader() {
     c.kill(others[0]);
     let survivor = others[1];
     // With two of three gone, the survivor soon knows no leader...
-    common::wait_for(
+    crate::common::wait_for(
         "the survivor to know no leader",
-        common::DEADLINE,
+        crate::common::DEADLINE,
         || async {
             let s = c.status(survivor).await?;
-            s["leader"].is_null().then_some(())
+            s.leader.is_none().then_some(())
         },
     )
     .await;

@@ -1,9 +1,7 @@
 //! Leader failure: a new leader is elected, takes writes, and the old leader, restarted on
 //! its data dir with only its addresses, rejoins and catches up.
 
-mod common;
-
-use common::TestCluster;
+use crate::common::TestCluster;
 
 #[tokio::test]
 async fn leader_kill_elects_new_leader_and_old_leader_catches_up() {
@@ -27,6 +25,6 @@ async fn leader_kill_elects_new_leader_and_old_leader_catches_up() {
     c.must_see(old, "before", "1").await;
     // It is a follower of the new leader, and redirects there.
     let s = c.status(old).await.expect("status");
-    assert_eq!(s["leader"]["id"], c.nodes[new].name.as_str(), "{s}");
-    assert_eq!(s["role"], "follower", "{s}");
+    assert_eq!(s.leader_id(), Some(c.nodes[new].id.as_str()), "{s:?}");
+    assert_eq!(s.role, "follower", "{s:?}");
 }

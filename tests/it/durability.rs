@@ -2,14 +2,12 @@
 //! all nodes restart, and every request (concurrent ones are group-committed into shared
 //! log entries) was applied all-or-nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::TestCluster;
+use crate::common::TestCluster;
 
 const WRITERS: usize = 8;
 
@@ -56,7 +54,7 @@ async fn acknowledged_writes_survive_kill_9_of_all_nodes() {
         }));
     }
     // Let the writers get some writes acknowledged, then kill everything mid-stream.
-    common::wait_for(
+    crate::common::wait_for(
         "writers to get 500 writes acknowledged",
         Duration::from_secs(60),
         || {

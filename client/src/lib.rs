@@ -1,0 +1,410 @@
+//! A typed client for hraftd's HTTP API, and the API's wire types ([`wire`]).
+//!
+//! [`Client`] talks to a list of endpoints (any members' HTTP addresses). A request goes
+//! to the endpoint that last answered; when it cannot be connected to, the next one is
+//! tried, so a client keeps working while some nodes are down. A `307` to the leader is
+//! followed with the same method and body (as `307` requires), unless the client was
+//! built with [`Builder::follow_redirects`]`(false)`: then it comes back as
+//! [`Error::Api`] with its `Location`.
+//!
+//! Every failure says what it means: [`Error::code`] is the server's stable error code
+//! ([`wire::ErrorCode`]), and [`Error::outcome_unknown`] tells a write that may still have
+//! applied from one that certainly did not.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use percent_encoding::utf8_percent_encode;
+use percent_encoding::AsciiSet;
+use percent_encoding::NON_ALPHANUMERIC;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+pub mod wire;
+
+pub use wire::ErrorBody;
+pub use wire::ErrorCode;
+pub use wire::JoinRequest;
+pub use wire::JoinResponse;
+pub use wire::ReadLevel;
+pub use wire::Status;
+
+/// Bytes of a key left as they are in a `/key/<key>` path; everything else is
+/// percent-encoded (the server decodes `%XX` strictly, so any UTF-8 key round-trips).
+const KEY_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status and the usual JSON body.
+    #[error("{endpoint}: {status} {}: {}", .body.code.as_str(), .body.error)]
+    Api {
+        endpoint: String,
+        status: u16,
+        body: ErrorBody,
+        /// A redirect's target (when redirects are not followed).
+        location: Option<String>,
+    },
+    /// The request could not be sent, or no answer came.
+    #[error("{endpoint}: {source}")]
+    Transport {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered something this client cannot read.
+    #[error("{endpoint}: unexpected answer: {detail}")]
+    Decode { endpoint: String, detail: String },
+}
+
+impl Error {
+    /// The server's error code, if the server answered.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Api { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the request never reached a server (nothing can have been applied).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Transport { source, .. } if source.is_connect())
+    }
+
+    /// Whether a write that failed this way may nevertheless have been applied: the
+    /// server said so, or the connection failed after the request was sent.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::Api { body, .. } => matches!(
+                body.code,
+                ErrorCode::OutcomeUnknown | ErrorCode::Internal | ErrorCode::Unknown
+            ),
+            Error::Transport { source, .. } => !source.is_connect(),
+            Error::Decode { .. } => true,
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    follow_redirects: bool,
+}
+
+impl Builder {
+    /// The longest one request may take, redirects included (default 10 s).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The longest a connection attempt may take (default 2 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Whether `307`s to the leader are followed (default yes).
+    pub fn follow_redirects(mut self, follow: bool) -> Self {
+        self.follow_redirects = follow;
+        self
+    }
+
+    pub fn build(self) -> Result<Client, reqwest::Error> {
+        let redirect = if self.follow_redirects {
+            reqwest::redirect::Policy::limited(5)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
+        let http = reqwest::Client::builder()
+            .redirect(redirect)
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .pool_max_idle_per_host(4)
+            .build()?;
+        Ok(Client {
+            http,
+            endpoints: self.endpoints,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A client of one hraftd cluster.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    /// `host:port` (or `http://host:port`) of the members this client may talk to.
+    endpoints: Vec<String>,
+    /// The endpoint that answered last; requests start there. Shared by concurrent
+    /// requests, which may move it.
+    preferred: AtomicUsize,
+}
+
+/// `http://` prefixed to a bare `host:port` (`:port` is this host).
+fn base_url(endpoint: &str) -> String {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        return endpoint.trim_end_matches('/').to_string();
+    }
+    match endpoint.strip_prefix(':') {
+        Some(port) => format!("http://127.0.0.1:{port}"),
+        None => format!("http://{endpoint}"),
+    }
+}
+
+/// The path of `key` under `/key/`.
+pub fn key_path(key: &str) -> String {
+    format!("/key/{}", utf8_percent_encode(key, KEY_PATH))
+}
+
+impl Client {
+    /// A builder for a client of the members at `endpoints` (HTTP addresses).
+    pub fn builder<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Builder {
+        Builder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            follow_redirects: true,
+        }
+    }
+
+    /// A client with the defaults, following redirects.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Client {
+        Client::builder(endpoints)
+            .build()
+            .expect("a reqwest client with these settings")
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The same client (settings and connection pool) for other endpoints.
+    pub fn to<S: Into<String>>(&self, endpoints: impl IntoIterator<Item = S>) -> Client {
+        Client {
+            http: self.http.clone(),
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            preferred: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sends one request: to the preferred endpoint, then to the others while the
+    /// connection itself fails. Returns the endpoint that answered and the response.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<(String, reqwest::Response)> {
+        let n = self.endpoints.len().max(1);
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(endpoint) = self.endpoints.get(i) else {
+                break;
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", base_url(endpoint)));
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
+            if let Some(b) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok((endpoint.clone(), resp));
+                }
+                Err(e) if e.is_connect() => {
+                    last = Some(Error::Transport {
+                        endpoint: endpoint.clone(),
+                        source: e,
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::Transport {
+                        endpoint: endpoint.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Decode {
+            endpoint: String::new(),
+            detail: "the client has no endpoints".into(),
+        }))
+    }
+
+    /// Sends a request and decodes a `2xx` body as `T`, or the error body.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<T> {
+        let (endpoint, resp) = self.send(method, path, body, headers).await?;
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            endpoint: endpoint.clone(),
+            source: e,
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+                endpoint,
+                detail: format!("{status}: {e}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Error::Api {
+                endpoint,
+                status: status.as_u16(),
+                body,
+                location,
+            }),
+            Err(_) => Err(Error::Decode {
+                endpoint,
+                detail: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            }),
+        }
+    }
+
+    /// `GET /status` of the endpoint that answers first.
+    pub async fn status(&self) -> Result<Status> {
+        self.call(Method::GET, "/status", None, &[]).await
+    }
+
+    /// `GET /key/<key>?level=`: `None` when the key does not exist.
+    pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
+        let path = format!("{}?level={}", key_path(key), level.as_str());
+        match self
+            .call::<serde_json::Map<String, serde_json::Value>>(Method::GET, &path, None, &[])
+            .await
+        {
+            Ok(mut m) => match m.remove(key) {
+                Some(serde_json::Value::String(v)) => Ok(Some(v)),
+                other => Err(Error::Decode {
+                    endpoint: self.endpoints.join(","),
+                    detail: format!("no string value for {key:?}: {other:?}"),
+                }),
+            },
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /key {k: v, ...}`: all pairs in one log entry; returns its index.
+    pub async fn set<K: AsRef<str>, V: AsRef<str>>(&self, pairs: &[(K, V)]) -> Result<u64> {
+        let body: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().into()))
+            .collect();
+        let body = serde_json::to_vec(&body).expect("a map of strings encodes");
+        let r: wire::WriteResponse = self.call(Method::POST, "/key", Some(body), &[]).await?;
+        Ok(r.index)
+    }
+
+    /// `PUT /key/<key>` with `value` as the raw body; returns the entry's index.
+    pub async fn put(&self, key: &str, value: &str) -> Result<u64> {
+        let r: wire::WriteResponse = self
+            .call(
+                Method::PUT,
+                &key_path(key),
+                Some(value.as_bytes().to_vec()),
+                &[],
+            )
+            .await?;
+        Ok(r.index)
+    }
+
+    /// `DELETE /key/<key>`; returns the entry's index (deleting a missing key is fine).
+    pub async fn delete(&self, key: &str) -> Result<u64> {
+        let r: wire::WriteResponse = self.call(Method::DELETE, &key_path(key), None, &[]).await?;
+        Ok(r.index)
+    }
+
+    /// `POST /join`. `sign` is given the exact body and returns a header proving the
+    /// cluster key, where the cluster has one.
+    pub async fn join(
+        &self,
+        req: &JoinRequest,
+        sign: impl Fn(&[u8]) -> Option<(&'static str, String)>,
+    ) -> Result<JoinResponse> {
+        let body = serde_json::to_vec(req).expect("a join request encodes");
+        let headers: Vec<(&str, String)> = sign(&body).into_iter().collect();
+        self.call(Method::POST, "/join", Some(body), &headers).await
+    }
+
+    /// `POST /remove {"id": id}`.
+    pub async fn remove(&self, id: &str) -> Result<wire::RemoveResponse> {
+        let body = serde_json::to_vec(&wire::RemoveRequest { id: id.into() })
+            .expect("a remove request encodes");
+        self.call(Method::POST, "/remove", Some(body), &[]).await
+    }
+
+    /// `GET /readyz`: `Ok` when ready, else the reason as an error.
+    pub async fn readyz(&self) -> Result<wire::Health> {
+        self.call(Method::GET, "/readyz", None, &[]).await
+    }
+
+    /// `GET /livez`.
+    pub async fn livez(&self) -> Result<wire::Health> {
+        self.call(Method::GET, "/livez", None, &[]).await
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> Result<String> {
+        let (endpoint, resp) = self.send(Method::GET, "/metrics", None, &[]).await?;
+        resp.text().await.map_err(|e| Error::Transport {
+            endpoint,
+            source: e,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_encoded_in_paths() {
+        assert_eq!(key_path("user1"), "/key/user1");
+        assert_eq!(key_path("a/b c+ü"), "/key/a%2Fb%20c%2B%C3%BC");
+    }
+
+    #[test]
+    fn endpoints_become_urls() {
+        assert_eq!(base_url(":11000"), "http://127.0.0.1:11000");
+        assert_eq!(base_url("db1:80"), "http://db1:80");
+        assert_eq!(base_url("https://db1:443/"), "https://db1:443");
+    }
+}

@@ -1,0 +1,239 @@
+//! The JSON shapes of hraftd's HTTP API, shared by the server (`hraftd-httpd` serializes
+//! them) and every client (this crate, the tests, `hraftd-torture`, `hraftd-bench`,
+//! `hraftd -join`), so that renaming a field is a compile error on both sides rather than
+//! a silent `null` on one.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Read levels, as the `level` query parameter names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevel {
+    /// Any node, from its local applied state, even without a leader.
+    Stale,
+    /// The leader's local state, without a quorum round.
+    Default,
+    /// Linearizable: the leader confirms its leadership with a quorum first.
+    Consistent,
+}
+
+impl ReadLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadLevel::Stale => "stale",
+            ReadLevel::Default => "default",
+            ReadLevel::Consistent => "consistent",
+        }
+    }
+
+    /// Parses the `level` query parameter.
+    pub fn parse(s: &str) -> Option<ReadLevel> {
+        match s {
+            "stale" => Some(ReadLevel::Stale),
+            "default" => Some(ReadLevel::Default),
+            "consistent" => Some(ReadLevel::Consistent),
+            _ => None,
+        }
+    }
+}
+
+/// A member as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+}
+
+/// A member and whether it votes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+}
+
+/// The body of `GET /status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    /// `leader`, `follower`, `candidate`, `learner` (or `shutdown` while stopping).
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeInfo>,
+    pub members: Vec<MemberInfo>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// How this node authenticates its peers: `none`, `cluster-key` or `mtls`.
+    pub peer_auth: String,
+}
+
+impl Status {
+    pub fn is_leader(&self) -> bool {
+        self.role == "leader"
+    }
+
+    /// The id of the leader this node knows of.
+    pub fn leader_id(&self) -> Option<&str> {
+        self.leader.as_ref().map(|l| l.id.as_str())
+    }
+
+    /// Whether `id` is listed as a voter.
+    pub fn has_voter(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id && m.voter)
+    }
+
+    /// Whether `id` is listed at all (voter or learner).
+    pub fn has_member(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+}
+
+/// `POST /join` body: the joining node's id, raft address and HTTP address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub id: String,
+    pub addr: String,
+    pub http_addr: String,
+}
+
+/// `POST /join` answer: the node is a voter from membership log index `index` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub joined: String,
+    pub index: u64,
+}
+
+/// `POST /remove` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    pub id: String,
+}
+
+/// `POST /remove` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveResponse {
+    pub removed: String,
+}
+
+/// The answer to a write (`POST /key`, `PUT /key/<k>`, `DELETE`): the log index of the
+/// entry that applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub index: u64,
+}
+
+/// `GET /livez` and `GET /readyz` when healthy: `{"status":"live"}` / `{"status":"ready"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// What went wrong, as a stable machine-readable word; the `"code"` of every error body.
+/// Clients decide on this, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed input; nothing changed.
+    BadRequest,
+    /// 403: authentication failed (e.g. a join without the cluster key).
+    Forbidden,
+    /// 404: no such key, member or endpoint.
+    NotFound,
+    /// 405: the path exists but not with this method.
+    MethodNotAllowed,
+    /// 409: another change is in progress; retry.
+    Conflict,
+    /// 413: the body or the request's log entry is too large.
+    TooLarge,
+    /// 307: this node is not the leader; `leader` and `Location` say where it is.
+    NotLeader,
+    /// 503: no leader is known right now; retry (nothing was proposed).
+    NoLeader,
+    /// 503: no quorum, overloaded, not ready or shutting down; retry (nothing applied).
+    Unavailable,
+    /// 504: a wait ran out before anything changed (e.g. a consistent read).
+    Timeout,
+    /// 504: a write was proposed but not seen committed: it may or may not apply.
+    OutcomeUnknown,
+    /// 500: a storage or Raft failure on the node.
+    Internal,
+    /// A code this client version does not know (a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::NoLeader => "no_leader",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// Every code a server sends, for documentation checks.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::NotLeader,
+        ErrorCode::NoLeader,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::Internal,
+    ];
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// For people: what went wrong.
+    pub error: String,
+    /// For programs: what kind of failure it is.
+    pub code: ErrorCode,
+    /// With `not_leader`: the leader's HTTP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_snake_case_words_and_unknown_ones_still_parse() {
+        for c in ErrorCode::ALL {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), c);
+        }
+        let b: ErrorBody =
+            serde_json::from_str(r#"{"error":"x","code":"from_the_future"}"#).unwrap();
+        assert_eq!(b.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn read_levels_round_trip() {
+        for l in [ReadLevel::Stale, ReadLevel::Default, ReadLevel::Consistent] {
+            assert_eq!(ReadLevel::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(ReadLevel::parse("linearizable"), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! hraftd's integration tests: real `hraftd` processes on loopback, one module per
+//! behaviour, all in one test binary (one build and link, one shared port registry).
+//! The cluster helpers are in `common`, over the process harness in `src/harness.rs`.
+
+mod common;
+
+mod client;
+mod cluster;
+mod durability;
+mod failover;
+mod hardening;
+mod join;
+mod membership;
+mod operations;
+mod readme;
+mod security;
+mod single_node;
