@@ -4,7 +4,7 @@
 //! The log, the vote and the committed index live in RocksDB ([`log_store`]); the
 //! key-value data and its `last_applied` live in the same RocksDB instance
 //! ([`state_machine`]) and change in one atomic batch per apply; snapshots are
-//! point-in-time files ([`snapshot`]); peers talk over a binary TCP transport
+//! point-in-time files (`snapshot`); peers talk over a binary TCP transport
 //! ([`network`]), authenticated by a cluster key or mutual TLS ([`peer_auth`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
 //! hraftd uses.
 

@@ -5,10 +5,10 @@
 //! replication stream and heartbeat (openraft asks for a new client object per RPC batch,
 //! so connections live in the pool, not in the client). Each call has a hard deadline.
 //! Server side: one task per connection, answering requests in order. Everything a peer
-//! sends is bounded before it is trusted: at most [`MAX_CONNS`] connections, a handshake
-//! deadline, frames of at most [`MAX_FRAME`] bytes that must arrive within
-//! [`FRAME_TIMEOUT`], decoding that never recurses nor reads past the frame, and idle
-//! connections closed after [`IDLE_TIMEOUT`]. Every refusal closes the connection, is
+//! sends is bounded before it is trusted: at most `MAX_CONNS` connections, a handshake
+//! deadline, frames of at most `MAX_FRAME` bytes that must arrive within
+//! `FRAME_TIMEOUT`, decoding that never recurses nor reads past the frame, and idle
+//! connections closed after `IDLE_TIMEOUT`. Every refusal closes the connection, is
 //! logged at warn with the peer's address (rate-limited) and counted in [`PeerStats`].
 //!
 //! The "removed" and "leader stopping" notices are hints, never orders: a removal is acted

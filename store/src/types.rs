@@ -86,7 +86,7 @@ impl Command {
 /// is refused before it is proposed; group commit never packs a batch past it.
 pub const MAX_ENTRY_BYTES: u64 = (1 << 20) + (64 << 10);
 
-/// The size of `v` as [`encode`] writes it.
+/// The size of `v` as `encode` writes it (bincode).
 pub fn encoded_size<T: Serialize>(v: &T) -> u64 {
     bincode::serialized_size(v).unwrap_or(u64::MAX)
 }

@@ -177,13 +177,6 @@ impl TestCluster {
         self.spawn(i, None);
     }
 
-    /// Nodes whose process was started and has not been seen to exit.
-    pub fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_started())
-            .collect()
-    }
-
     /// Waits for node `i` to exit by itself; returns its exit status.
     pub async fn must_exit(&mut self, i: usize, deadline: Duration) -> ExitStatus {
         let logs = self.logs(TAIL);
