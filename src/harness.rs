@@ -139,6 +139,7 @@ impl Node {
     /// Starts the process of `bin` (again): `-id -haddr -raddr`, `-join` when `join` is
     /// not empty, then [`Node::args`] and the data dir; output appended to [`Node::log`].
     pub fn spawn(&mut self, bin: &Path, join: &[String]) -> std::io::Result<()> {
+        self.exited();
         if self.child.is_some() {
             return Err(std::io::Error::other(format!(
                 "{} is already running",
@@ -191,8 +192,8 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
-    /// If the process has exited, reaps it and returns how; `None` while it runs (or was
-    /// never started).
+    /// If the process has exited, takes it (the node is then not started) and returns how
+    /// it exited; `None` while it runs, or if it was never started.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok().flatten()?;
         self.child = None;
@@ -200,10 +201,12 @@ impl Node {
         Some(status)
     }
 
-    /// Whether the process is running (reaping it if it has exited).
+    /// Whether the process is running. Unlike [`Node::exited`] this keeps an exited
+    /// process, so a later [`Node::wait_exit`] still learns how it exited.
     pub fn is_running(&mut self) -> bool {
-        self.exited();
-        self.child.is_some()
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILLs the process (resuming it first if paused) and reaps it.
@@ -238,9 +241,14 @@ impl Node {
         self.paused = false;
     }
 
-    /// Waits for the process to exit by itself; returns how it exited.
+    /// Waits for the process to exit by itself; returns how it exited (and takes it, as
+    /// [`Node::exited`] does).
     pub async fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus, Timeout> {
-        let what = format!("{} to exit", self.id);
+        let what = if self.child.is_some() {
+            format!("{} to exit", self.id)
+        } else {
+            format!("{} to exit (it is not running)", self.id)
+        };
         let start = Instant::now();
         loop {
             if let Some(st) = self.exited() {
@@ -249,7 +257,7 @@ impl Node {
             if self.child.is_none() || start.elapsed() > deadline {
                 return Err(Timeout {
                     what,
-                    after: deadline,
+                    after: start.elapsed(),
                 });
             }
             tokio::time::sleep(POLL).await;

@@ -153,7 +153,8 @@ impl Cluster {
 
     /// Whether node `i`'s process has exited (reaping it if so), or was never started.
     pub fn exited(&mut self, i: usize) -> bool {
-        !self.inner.nodes[i].is_running()
+        let n = &mut self.inner.nodes[i];
+        n.exited().is_some() || !n.is_started()
     }
 
     pub async fn status(&self, i: usize) -> Option<Status> {
