@@ -1069,6 +1069,27 @@ impl Store {
         full_log_voter(&m, me).and_then(|id| mem.get_node(&id).map(|n| n.name.clone()))
     }
 
+    /// Waits until this node is the leader (as after [`Store::bootstrap`] of a single-node
+    /// cluster), `timeout` at most.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<()> {
+        let id = self.id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.state == ServerState::Leader && m.current_leader == Some(id),
+                "this node to lead",
+            )
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => Error::Timeout {
+                    what: "this node becoming the leader".into(),
+                    after: timeout,
+                },
+                openraft::metrics::WaitError::ShuttingDown => Error::ShuttingDown,
+            })
+    }
+
     /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
