@@ -1,7 +1,8 @@
 //! The [`Store`] handle the rest of hraftd uses: reads at a chosen level, writes with a
 //! bounded wait, membership changes, and status. It owns the openraft instance, the
 //! RocksDB-backed storage and the peer transport, and hides openraft's types from callers,
-//! so a later move to another openraft version stays inside this crate.
+//! so a later move to another openraft version stays inside this crate. It also owns the
+//! node's background tasks (`tasks.rs`), which [`Store::shutdown`] stops and joins.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -34,8 +35,10 @@ use crate::network::PeerRequest;
 use crate::network::PeerResponse;
 use crate::peer_auth::PeerAuth;
 use crate::snapshot;
+use crate::state_machine::AppliedIndex;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
+use crate::tasks::Tasks;
 use crate::types::node_id_for;
 use crate::types::Node;
 use crate::types::NodeId;
@@ -47,6 +50,9 @@ use crate::types::MAX_ENTRY_BYTES;
 pub const MAX_BACKUPS: usize = 2;
 /// The longest a membership change waits for the one before it to finish.
 const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
+/// At shutdown, the longest the background tasks may take, in all, to end once told to;
+/// any left then is aborted.
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +191,9 @@ pub struct Store {
     /// The membership log index from which this node's own view of membership counts
     /// (`u64::MAX` until start-up says; see `spawn_removal_watch`).
     removal_floor: Arc<AtomicU64>,
+    /// The node's background tasks (the deferred log purge): stopped and joined by
+    /// [`Store::shutdown`].
+    tasks: Tasks,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
     /// When a leader was last heard from, and which said it is stopping; recorded by the
@@ -258,11 +267,20 @@ impl Store {
         let _ = std::fs::remove_dir_all(dir.join("backups"));
         let db = db::open(&dir.join("raft"))?;
         let committed = Arc::new(AtomicU64::new(0));
-        let log_store = LogStore::new(db.clone(), committed.clone());
+        // Made first and handed to both: the log store's deferred purges wait for the
+        // applied index the state machine publishes, and run as the node's tasks.
+        let tasks = Tasks::new();
+        let applied = AppliedIndex::default();
+        let log_store = LogStore::new(
+            db.clone(),
+            committed.clone(),
+            applied.clone(),
+            tasks.clone(),
+        );
         let db_handle = db.clone();
         let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
         committed.store(startup_commit, Ordering::Relaxed);
-        let sm = StateMachine::open(db, dir.join("snapshots"))
+        let sm = StateMachine::open(db, dir.join("snapshots"), applied)
             .map_err(|e| Error::io("opening state machine", e))?;
         let reader = sm.reader();
 
@@ -327,6 +345,7 @@ impl Store {
             checking_removal: Arc::default(),
             removed,
             removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
+            tasks,
             membership_lock: tokio::sync::Mutex::new(()),
         });
         store.spawn_removal_watch();
@@ -1090,10 +1109,16 @@ impl Store {
             })
     }
 
-    /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
+    /// Tells the background tasks to stop, stops Raft, waits (bounded) for the tasks to
+    /// end, then syncs the RocksDB WAL and stops RocksDB's background work.
     pub async fn shutdown(&self) {
+        self.tasks.stop();
         if let Err(e) = self.raft.shutdown().await {
             log::warn!("raft shutdown: {e}");
+        }
+        let aborted = self.tasks.join(TASKS_STOP_WAIT).await;
+        if aborted > 0 {
+            log::warn!("{aborted} background task(s) had to be aborted at shutdown");
         }
         let db = self.db.clone();
         let flushed = tokio::task::spawn_blocking(move || {
