@@ -189,10 +189,11 @@ pub struct Store {
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
     /// The membership log index from which this node's own view of membership counts
-    /// (`u64::MAX` until start-up says; see `spawn_removal_watch`).
-    removal_floor: Arc<AtomicU64>,
-    /// The node's background tasks (the deferred log purge): stopped and joined by
-    /// [`Store::shutdown`].
+    /// (`u64::MAX` until start-up says; see `spawn_removal_watch`). A channel, so that the
+    /// removal watch re-checks as soon as it is set.
+    removal_floor: watch::Sender<u64>,
+    /// The node's background tasks (removal watch and notices, deferred log purge):
+    /// stopped and joined by [`Store::shutdown`].
     tasks: Tasks,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
@@ -344,7 +345,7 @@ impl Store {
             backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
             checking_removal: Arc::default(),
             removed,
-            removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
+            removal_floor: watch::Sender::new(u64::MAX),
             tasks,
             membership_lock: tokio::sync::Mutex::new(()),
         });
@@ -361,9 +362,10 @@ impl Store {
         let mut rx = self.raft.metrics();
         let id = self.id;
         let removed = self.removed.clone();
-        let floor = self.removal_floor.clone();
+        let mut floor = self.removal_floor.subscribe();
         let reader = self.reader.clone();
-        tokio::spawn(async move {
+        let mut stop = self.tasks.stopping();
+        self.tasks.spawn("removal watch", async move {
             let mut view = MembershipView::default();
             loop {
                 let (index, present) = {
@@ -376,17 +378,21 @@ impl Store {
                 };
                 // The membership openraft reports may not be committed yet: act only once the
                 // applied (committed) one agrees.
-                if view.removed(floor.load(Ordering::Relaxed), index, present)
+                let floor_now = *floor.borrow_and_update();
+                if view.removed(floor_now, index, present)
                     && applied_without(&reader, id, index.unwrap_or(0))
                 {
                     log::warn!("this node is no longer in the cluster's committed membership");
                     removed.send_replace(true);
                     return;
                 }
-                // Re-check on every metrics change, and now and then for a new floor.
+                // Re-check on every metrics change (an applied entry is one) and on a new
+                // floor.
                 tokio::select! {
+                    biased;
+                    _ = stop.wait() => return,
                     r = rx.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    r = floor.changed() => if r.is_err() { return },
                 }
             }
         });
@@ -396,7 +402,7 @@ impl Store {
     /// for a node that bootstrapped or resumed, the index that made it a voter for a node
     /// that just joined.
     pub fn watch_removal_after(&self, index: u64) {
-        self.removal_floor.store(index, Ordering::Relaxed);
+        self.removal_floor.send_replace(index);
     }
 
     /// Serves the peer transport on `listener` until `shutdown` resolves.
@@ -446,8 +452,13 @@ impl Store {
             return;
         }
         let store = self.clone();
-        tokio::spawn(async move {
-            let confirmed = store.removal_confirmed(index).await;
+        let mut stop = self.tasks.stopping();
+        let started = self.tasks.spawn("removal notice check", async move {
+            let confirmed = tokio::select! {
+                biased;
+                _ = stop.wait() => Err("shutting down".into()),
+                c = store.removal_confirmed(index) => c,
+            };
             store.checking_removal.store(false, Ordering::Release);
             match confirmed {
                 Ok(()) => {
@@ -457,11 +468,14 @@ impl Store {
                 Err(why) => log::warn!("ignoring a removal notice: {why}"),
             }
         });
+        if !started {
+            self.checking_removal.store(false, Ordering::Release);
+        }
     }
 
     /// Whether this node's removal at `index` is confirmed, and if not, why.
     async fn removal_confirmed(&self, index: u64) -> std::result::Result<(), String> {
-        if self.removal_floor.load(Ordering::Relaxed) == u64::MAX {
+        if *self.removal_floor.borrow() == u64::MAX {
             return Err("this node is still joining".into());
         }
         if applied_without(&self.reader, self.id, index) {
@@ -896,7 +910,8 @@ impl Store {
         log::info!("remove: {node} removed");
         if id != self.id {
             let net = self.net.clone();
-            tokio::spawn(async move {
+            let mut stop = self.tasks.stopping();
+            let tell = async move {
                 for _ in 0..5 {
                     let req = PeerRequest::Removed {
                         node_id: id,
@@ -909,9 +924,17 @@ impl Store {
                     {
                         return;
                     }
+                    // A backoff between retries of a failed call, not a wait for an event.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 log::warn!("could not tell {node} it was removed");
+            };
+            self.tasks.spawn("removal notice", async move {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => {}
+                    _ = tell => {}
+                }
             });
         }
         Ok(())
