@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -50,8 +49,8 @@ use crate::types::MAX_ENTRY_BYTES;
 pub const MAX_BACKUPS: usize = 2;
 /// The longest a membership change waits for the one before it to finish.
 const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
-/// At shutdown, the longest the background tasks may take, in all, to end once told to;
-/// any left then is aborted.
+/// At shutdown, the longest the background tasks may take, in all, to end once told to
+/// (the peer transport alone may take `network::DRAIN_TIMEOUT`); any left then is aborted.
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How a read is served.
@@ -192,8 +191,8 @@ pub struct Store {
     /// (`u64::MAX` until start-up says; see `spawn_removal_watch`). A channel, so that the
     /// removal watch re-checks as soon as it is set.
     removal_floor: watch::Sender<u64>,
-    /// The node's background tasks (removal watch and notices, deferred log purge):
-    /// stopped and joined by [`Store::shutdown`].
+    /// The node's background tasks (write and read loops, transport, removal watch,
+    /// deferred purge, ...): stopped and joined by [`Store::shutdown`].
     tasks: Tasks,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
@@ -326,8 +325,8 @@ impl Store {
         // every follower has timed out on it and started an election.
         let contact =
             network::LeaderContact::new(Duration::from_millis(2 * opts.election_timeout_ms.1));
-        let writer = batch::Writer::spawn(raft.clone());
-        let reads = batch::ReadBarrier::spawn(raft.clone());
+        let writer = batch::Writer::spawn(raft.clone(), &tasks);
+        let reads = batch::ReadBarrier::spawn(raft.clone(), &tasks);
         let store = Arc::new(Store {
             writer,
             reads,
@@ -405,12 +404,9 @@ impl Store {
         self.removal_floor.send_replace(index);
     }
 
-    /// Serves the peer transport on `listener` until `shutdown` resolves.
-    pub fn serve_raft(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Serves the peer transport on `listener` until [`Store::shutdown`], which stops it
+    /// (after a leader's hand-off, so peers are answered until then) and waits for it to end.
+    pub fn serve_raft(self: &Arc<Self>, listener: TcpListener) {
         let weak = Arc::downgrade(self);
         let reader = self.reader.clone();
         let raft = self.raft.clone();
@@ -433,12 +429,12 @@ impl Store {
             stats: self.peer_stats.clone(),
             auth: self.opts.peer_auth.clone(),
         };
-        tokio::spawn(network::serve(
-            listener,
-            self.raft.clone(),
-            Arc::new(hooks),
-            shutdown,
-        ))
+        let mut stop = self.tasks.stopping();
+        let shutdown = async move { stop.wait().await };
+        self.tasks.spawn(
+            "peer transport",
+            network::serve(listener, self.raft.clone(), Arc::new(hooks), shutdown),
+        );
     }
 
     /// A peer says this node was removed by the membership change at log index `index`.
@@ -1135,11 +1131,7 @@ impl Store {
     /// Tells the background tasks to stop, stops Raft, waits (bounded) for the tasks to
     /// end, then syncs the RocksDB WAL and stops RocksDB's background work.
     pub async fn shutdown(&self) {
-        self.tasks.stop();
-        if let Err(e) = self.raft.shutdown().await {
-            log::warn!("raft shutdown: {e}");
-        }
-        let aborted = self.tasks.join(TASKS_STOP_WAIT).await;
+        let aborted = self.stop_tasks_and_raft().await;
         if aborted > 0 {
             log::warn!("{aborted} background task(s) had to be aborted at shutdown");
         }
@@ -1155,6 +1147,17 @@ impl Store {
             Ok(Err(e)) => log::warn!("flushing RocksDB at shutdown: {e}"),
             Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
         }
+    }
+
+    /// The first half of [`Store::shutdown`]: the stop signal first (no new batch is
+    /// proposed, the transport stops accepting), then Raft (which answers the batches and
+    /// rounds still in flight), then the bounded join. Returns how many tasks were aborted.
+    async fn stop_tasks_and_raft(&self) -> usize {
+        self.tasks.stop();
+        if let Err(e) = self.raft.shutdown().await {
+            log::warn!("raft shutdown: {e}");
+        }
+        self.tasks.join(TASKS_STOP_WAIT).await
     }
 }
 
@@ -1191,7 +1194,91 @@ fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::MembershipView;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A single-node store in `dir`, serving its transport on a free port, leading.
+    async fn leading_store(dir: &std::path::Path) -> (Arc<Store>, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut opts = Options::new("n1", &addr.to_string(), "127.0.0.1:1", dir);
+        opts.heartbeat_ms = 50;
+        opts.election_timeout_ms = (150, 300);
+        let store = Store::open(opts).await.unwrap();
+        store.serve_raft(listener);
+        store.bootstrap().await.unwrap();
+        store.wait_leader(Duration::from_secs(10)).await.unwrap();
+        (store, addr)
+    }
+
+    /// Shutdown ends every background task by itself, within its bound (none is
+    /// aborted): the write loop and its batches, the read-round loop, the transport with a
+    /// peer connection still open, and the removal watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_every_background_task() {
+        let td = tempfile::tempdir().unwrap();
+        let (store, addr) = leading_store(td.path()).await;
+        store.set(vec![("k".into(), "v".into())]).await.unwrap();
+        let got = store.get("k", ReadLevel::Consistent).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v"));
+        // A peer that connected and then says nothing: the transport must not wait for it.
+        let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+        let started = std::time::Instant::now();
+        assert_eq!(
+            store.stop_tasks_and_raft().await,
+            0,
+            "a task had to be aborted"
+        );
+        assert!(started.elapsed() < TASKS_STOP_WAIT);
+
+        // The write loop and the read loop are gone: requests are refused at once.
+        let op = Op::Delete { key: "k".into() };
+        assert!(matches!(
+            store.writer.write(op),
+            Err(batch::Refused::Closed)
+        ));
+        assert!(matches!(
+            store.reads.confirm().await,
+            batch::Confirmed::Closed
+        ));
+        // The peer connection was closed.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the peer connection is still open: {read:?}"
+        );
+    }
+
+    /// Writes queued when shutdown begins are answered "shutting down" (they were never
+    /// proposed), not left waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_answers_queued_writes() {
+        let td = tempfile::tempdir().unwrap();
+        let (store, _) = leading_store(td.path()).await;
+        let pending: Vec<_> = (0..64)
+            .map(|i| {
+                let op = Op::Set {
+                    pairs: vec![(format!("k{i}"), "v".into())],
+                };
+                store.writer.write(op).expect("queued")
+            })
+            .collect();
+        store.shutdown().await;
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(pending))
+                .await
+                .expect("every queued write is answered");
+        // Each was either committed before the stop, or told the node stopped.
+        for a in &answered {
+            assert!(
+                matches!(a, None | Some(Ok(_)) | Some(Err(RaftError::Fatal(_)))),
+                "{a:?}"
+            );
+        }
+    }
 
     /// A node re-joining under its old name replays history: a snapshot whose membership
     /// lists its old self, then its own earlier removal, then its new addition. Found by
