@@ -113,7 +113,8 @@ async fn run() -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let raft_listener = tokio::net::TcpListener::from_std(raft_listener)?;
-    let raft_task = store.serve_raft(raft_listener, stopped(stop_rx.clone()));
+    // The store owns the transport's task: `Store::shutdown` stops it and waits for it.
+    store.serve_raft(raft_listener);
 
     // 5. Serve the HTTP API.
     let settings = Settings {
@@ -168,7 +169,8 @@ async fn run() -> anyhow::Result<()> {
     }
 
     // 8. Stop HTTP (no new requests; in-flight ones finish), hand off if leading, then
-    //    stop the transport, then Raft and RocksDB.
+    //    stop the store: its background tasks (the peer transport among them), Raft and
+    //    RocksDB.
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(15), http_task).await {
         Ok(Ok(Err(e))) => log::warn!("HTTP server: {e}"),
@@ -178,7 +180,6 @@ async fn run() -> anyhow::Result<()> {
     if let Some(to) = store.hand_off(Duration::from_secs(5)).await {
         log::info!("stepping down as leader: {to} holds the whole log and can take over");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), raft_task).await;
     store.shutdown().await;
     if let Some(why) = fatal {
         anyhow::bail!("raft stopped on a fatal error: {why}");

@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
-use hraftd_store::Role;
 use hraftd_store::Store;
 
 use crate::cli;
@@ -74,14 +73,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     // 4. Bootstrap, wait to lead, load the backup, snapshot; then stop cleanly.
     let result = async {
         store.bootstrap().await.context("bootstrapping")?;
-        let lead = async {
-            while store.status().role != Role::Leader {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), lead)
+        store
+            .wait_leader(Duration::from_secs(30))
             .await
-            .context("waiting 30s for the new single-node cluster to elect itself")?;
+            .context("waiting for the new single-node cluster to elect itself")?;
         store
             .restore(&args.from)
             .await

@@ -7,6 +7,11 @@
 //! - Batched read index: concurrent consistent reads share one leadership confirmation. A
 //!   read joins the next round that *starts* after it arrived, so the read index it gets is
 //!   at least the commit index at its arrival: still linearizable.
+//!
+//! Both loops, and the write loop's per-batch `propose` tasks, run as the node's [`Tasks`]
+//! and end on its stop signal: the write loop then proposes nothing more, drops what is
+//! still queued (never proposed, so its clients are told "shutting down") and drains the
+//! batches in flight, which end once Raft answers (at the latest when it shuts down).
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -21,7 +26,10 @@ use openraft::error::RaftError;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use crate::tasks::Stop;
+use crate::tasks::Tasks;
 use crate::types::encoded_size;
 use crate::types::Command;
 use crate::types::Node;
@@ -101,10 +109,15 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn spawn(raft: Raft) -> Writer {
+    /// Starts the write loop as one of `tasks`.
+    pub(crate) fn spawn(raft: Raft, tasks: &Tasks) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let load = Arc::new(Load::default());
-        tokio::spawn(write_loop(raft, rx, load.clone()));
+        let stop = tasks.stopping();
+        tasks.spawn(
+            "group-commit write loop",
+            write_loop(raft, rx, load.clone(), stop),
+        );
         Writer { tx, load }
     }
 
@@ -188,9 +201,19 @@ impl Queue {
     }
 }
 
-async fn write_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>, load: Arc<Load>) {
+async fn write_loop(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    load: Arc<Load>,
+    mut stop: Stop,
+) {
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    // The batches in flight: owned here, so that they end before the loop does.
+    let mut proposing = JoinSet::new();
     let mut queue = Queue::new(load);
+    // Housekeeping, not a wait: nothing waits on this tick. It only bounds how long the
+    // requests of clients that gave up keep their room in the queue while every slot is
+    // busy (a live request never waits for it: a free slot proposes at once).
     let mut tidy = tokio::time::interval(Duration::from_millis(100));
     let mut open = true;
     loop {
@@ -199,11 +222,13 @@ async fn write_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>, load:
         // batch grows), and now and then drop requests whose clients have given up.
         tokio::select! {
             biased;
+            _ = stop.wait() => break,
+            Some(done) = proposing.join_next(), if !proposing.is_empty() => reap(done),
             permit = inflight.clone().acquire_owned(), if !queue.items.is_empty() => {
-                let Ok(permit) = permit else { return };
+                let Ok(permit) = permit else { break };
                 let batch = queue.next_batch();
                 if !batch.is_empty() {
-                    tokio::spawn(propose(raft.clone(), batch, permit));
+                    proposing.spawn(propose(raft.clone(), batch, permit));
                 }
             }
             _ = tidy.tick(), if !queue.items.is_empty() => queue.drop_abandoned(),
@@ -212,8 +237,26 @@ async fn write_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>, load:
                 None => open = false,
             },
         }
-        if !open && queue.items.is_empty() {
+        if !open && queue.items.is_empty() && proposing.is_empty() {
             return;
+        }
+    }
+    // Stopping: refuse what comes from now on, drop what was never proposed (its clients
+    // are answered "shutting down"), and let the batches in flight finish: Raft answers
+    // them, at the latest when it shuts down; `Tasks::join` bounds the wait.
+    rx.close();
+    drop(queue);
+    drop(rx);
+    while let Some(done) = proposing.join_next().await {
+        reap(done);
+    }
+}
+
+/// Takes in the end of one `propose` task.
+fn reap(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            log::error!("a group-commit batch panicked: {e}");
         }
     }
 }
@@ -254,9 +297,10 @@ pub(crate) struct ReadBarrier {
 }
 
 impl ReadBarrier {
-    pub(crate) fn spawn(raft: Raft) -> ReadBarrier {
+    /// Starts the read-round loop as one of `tasks`.
+    pub(crate) fn spawn(raft: Raft, tasks: &Tasks) -> ReadBarrier {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(raft, rx));
+        tasks.spawn("read-round loop", read_loop(raft, rx, tasks.stopping()));
         ReadBarrier { tx }
     }
 
@@ -278,17 +322,30 @@ impl ReadBarrier {
 async fn read_loop(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Option<ReadResult>>>,
+    mut stop: Stop,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.wait() => return,
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+        };
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        // Every waiter arrived before this call: one confirmation serves them all.
-        let res = tokio::time::timeout(ROUND_TIMEOUT, raft.ensure_linearizable())
-            .await
-            .ok()
-            .map(|r| r.map(|_| ()));
+        // Every waiter arrived before this call: one confirmation serves them all. Stopping
+        // ends the round: its readers are told the node is shutting down (their senders
+        // are dropped), as are those still queued when the loop returns.
+        let res = tokio::select! {
+            biased;
+            _ = stop.wait() => return,
+            r = tokio::time::timeout(ROUND_TIMEOUT, raft.ensure_linearizable()) => r,
+        };
+        let res = res.ok().map(|r| r.map(|_| ()));
         for w in waiters {
             let _ = w.send(res.clone());
         }

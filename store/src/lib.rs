@@ -6,7 +6,9 @@
 //! ([`state_machine`]) and change in one atomic batch per apply; snapshots are
 //! point-in-time files (`snapshot`); peers talk over a binary TCP transport
 //! ([`network`]), authenticated by a cluster key or mutual TLS ([`peer_auth`]). [`Store`] ([`node`]) ties these together and is the only thing the rest of
-//! hraftd uses.
+//! hraftd uses. Background work waits on events (watch channels, openraft's metrics), not
+//! on timers, and every background task is owned by the node's `tasks` registry, which
+//! stops and joins them at shutdown.
 
 // openraft's StorageError is large and is what its storage traits return; boxing it
 // everywhere would fight the trait signatures.
@@ -24,6 +26,7 @@ pub mod node;
 pub mod peer_auth;
 mod snapshot;
 pub mod state_machine;
+mod tasks;
 pub mod types;
 
 pub use backup::Backup;

@@ -6,6 +6,10 @@
 //! which calls openraft's `LogFlushed` callback only after the WAL sync returns: the
 //! leader's fsync then overlaps with replication to followers instead of preceding it,
 //! and appends that queue up behind one sync share the next.
+//!
+//! A purge beyond what the state machine has applied is deferred (see `LogStore::purge`):
+//! recorded durably, then carried out by a background task that waits on the state
+//! machine's `AppliedIndex` channel and ends with the node's other tasks (`Tasks`).
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -26,6 +30,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::db;
+use crate::state_machine::AppliedIndex;
+use crate::tasks::Stop;
+use crate::tasks::Tasks;
 use crate::types::decode;
 use crate::types::encode;
 use crate::types::Entry;
@@ -40,8 +47,9 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 /// A purge that waits for the state machine (see `LogStore::purge`), kept so that a
 /// restart carries it out.
 const KEY_PURGE_PENDING: &[u8] = b"purge_pending";
-/// How often a deferred purge checks whether the state machine has caught up.
-const PURGE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a deferred purge whose write failed waits before it tries again: a backoff
+/// after an error, not a poll (the state machine is waited for on [`AppliedIndex`]).
+const PURGE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The log store handle openraft owns; clones share the database.
 #[derive(Clone)]
@@ -54,8 +62,14 @@ pub struct LogStore {
     /// store is exercised on its own, without a state machine (openraft's test suite).
     guard_purge: bool,
     /// The deferred purge's target, if one waits for the state machine; shared by clones
-    /// (openraft's handle and the background task that carries it out).
+    /// (openraft's handle and the background task that carries it out). `Some` exactly
+    /// while that task runs: a deferral that finds `None` starts it.
     pending_purge: Arc<std::sync::Mutex<Option<LogId>>>,
+    /// The state machine's applied index, which a deferred purge waits for; published by
+    /// the state machine that shares this handle.
+    applied: AppliedIndex,
+    /// Where the deferred purge task is started, so that the node's shutdown stops it.
+    tasks: Tasks,
     /// Hands appends to the WAL sync thread, which acknowledges them once durable.
     syncer: Arc<std::sync::Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
 }
@@ -97,7 +111,14 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> Self {
+    /// A log store on `db`. Deferred purges wait for `applied`, which must be the handle the
+    /// state machine on the same database publishes on, and run as one of `tasks`.
+    pub(crate) fn new(
+        db: Arc<DB>,
+        committed: Arc<AtomicU64>,
+        applied: AppliedIndex,
+        tasks: Tasks,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let sync_db = db.clone();
         std::thread::Builder::new()
@@ -109,6 +130,8 @@ impl LogStore {
             committed,
             guard_purge: true,
             pending_purge: Arc::default(),
+            applied,
+            tasks,
             syncer: Arc::new(std::sync::Mutex::new(tx)),
         }
     }
@@ -150,32 +173,40 @@ impl LogStore {
             start
         };
         if start {
-            let store = self.clone();
-            tokio::spawn(async move { store.finish_deferred_purges().await });
+            let task = self.clone().finish_deferred_purges(self.tasks.stopping());
+            if !self.tasks.spawn("deferred log purge", task) {
+                // Shutting down: the purge stays recorded, and the next start carries it out.
+                *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
         }
         Ok(())
     }
 
     /// Carries out the pending purge once the state machine has reached it, until none is
-    /// left.
-    async fn finish_deferred_purges(self) {
+    /// left, or until the node stops (the purge stays recorded for the next start).
+    async fn finish_deferred_purges(self, mut stop: Stop) {
+        // Stopping leaves the purge recorded for the next start; `pending_purge` is cleared
+        // so that it stays `Some` only while this task runs (nothing starts a new one then).
+        let stopped = || *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner()) = None;
         loop {
-            tokio::time::sleep(PURGE_POLL).await;
             let Some(target) = *self.pending_purge.lock().unwrap_or_else(|e| e.into_inner()) else {
                 return;
             };
-            match self.applied_index() {
-                Ok(Some(a)) if a >= target.index => {}
-                Ok(_) => continue,
-                Err(e) => {
-                    log::warn!("deferred log purge: reading the applied index: {e}");
-                    continue;
-                }
+            tokio::select! {
+                biased;
+                _ = stop.wait() => return stopped(),
+                _ = self.applied.reached(target.index) => {}
             }
             if let Err(e) = self.purge_now(target) {
                 log::warn!("deferred log purge to {target}: {e}");
-                continue;
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => return stopped(),
+                    _ = tokio::time::sleep(PURGE_RETRY) => continue,
+                }
             }
+            // Done unless a later purge was deferred meanwhile (checked and cleared under one
+            // lock, so a deferral never finds `Some` and then goes unserved).
             let mut p = self.pending_purge.lock().unwrap_or_else(|e| e.into_inner());
             if *p == Some(target) {
                 *p = None;
@@ -189,7 +220,12 @@ impl LogStore {
     pub(crate) fn unguarded(db: Arc<DB>) -> Self {
         LogStore {
             guard_purge: false,
-            ..LogStore::new(db, Arc::new(AtomicU64::new(0)))
+            ..LogStore::new(
+                db,
+                Arc::new(AtomicU64::new(0)),
+                AppliedIndex::default(),
+                Tasks::new(),
+            )
         }
     }
 
@@ -408,11 +444,24 @@ mod tests {
     use super::*;
     use crate::state_machine::StateMachine;
 
+    /// Turns of the (current-thread) test runtime within which an event-driven purge must
+    /// have run: far too short for any timer-based poll to fire.
+    const PROMPT_TURNS: usize = 100;
+
     fn blank(index: u64) -> Entry {
         Entry {
             log_id: log_id(1, 0, index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    fn new_log(db: &Arc<DB>, applied: &AppliedIndex, tasks: &Tasks) -> LogStore {
+        LogStore::new(
+            db.clone(),
+            Arc::new(AtomicU64::new(0)),
+            applied.clone(),
+            tasks.clone(),
+        )
     }
 
     /// The committed log id survives a reopen and reads back as saved (it is stored as an
@@ -421,24 +470,59 @@ mod tests {
     async fn committed_index_round_trips() {
         let td = tempfile::tempdir().unwrap();
         let db = db::open(&td.path().join("raft")).unwrap();
-        let mut log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        let mut log = new_log(&db, &AppliedIndex::default(), &Tasks::new());
         log.save_committed(Some(log_id(3, 7, 42))).await.unwrap();
         assert_eq!(log.saved_committed(), Some(log_id(3, 7, 42)));
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3, 7, 42)));
     }
 
-    /// A log store holding blank entries 1..=10 and an empty state machine, on one database.
-    fn ten_entries_and_a_state_machine() -> (tempfile::TempDir, Arc<DB>, LogStore, StateMachine) {
+    /// A log store holding blank entries 1..=10 and an empty state machine, on one database
+    /// and sharing one applied index, as `Store::open` wires them.
+    struct Fixture {
+        _td: tempfile::TempDir,
+        db: Arc<DB>,
+        applied: AppliedIndex,
+        tasks: Tasks,
+        log: LogStore,
+        sm: StateMachine,
+    }
+
+    fn ten_entries_and_a_state_machine() -> Fixture {
         let td = tempfile::tempdir().unwrap();
         let db = db::open(&td.path().join("raft")).unwrap();
-        let log = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
-        let sm = StateMachine::open(db.clone(), td.path().join("snapshots")).unwrap();
+        let (applied, tasks) = (AppliedIndex::default(), Tasks::new());
+        let log = new_log(&db, &applied, &tasks);
+        let sm =
+            StateMachine::open(db.clone(), td.path().join("snapshots"), applied.clone()).unwrap();
         let mut batch = WriteBatch::default();
         for i in 1..=10 {
             batch.put_cf(log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
         }
         db.write(batch).unwrap();
-        (td, db, log, sm)
+        Fixture {
+            _td: td,
+            db,
+            applied,
+            tasks,
+            log,
+            sm,
+        }
+    }
+
+    async fn last_purged(log: &mut LogStore) -> Option<LogId> {
+        log.get_log_state().await.unwrap().last_purged_log_id
+    }
+
+    /// Lets the runtime run other tasks (the deferred purge) for a few turns, until
+    /// `last_purged` is `want` or the turns are spent; returns what it is then.
+    async fn settle_purge(log: &mut LogStore, want: Option<LogId>) -> Option<LogId> {
+        for _ in 0..PROMPT_TURNS {
+            if last_purged(log).await == want {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        last_purged(log).await
     }
 
     /// A purge beyond what the state machine has applied waits for it, so a crash can never
@@ -448,52 +532,129 @@ mod tests {
     /// restart).
     #[tokio::test]
     async fn purge_waits_for_the_state_machine() {
-        let (_td, _db, mut log, mut sm) = ten_entries_and_a_state_machine();
+        let Fixture {
+            mut log, mut sm, ..
+        } = ten_entries_and_a_state_machine();
 
         // The purge returns at once (openraft's core must not wait on it) but deletes
-        // nothing while the state machine is behind the purge point.
+        // nothing while the state machine is behind the purge point, even once its task has
+        // had every chance to run, and even as the state machine applies short of it.
         let purged = tokio::time::timeout(
             std::time::Duration::from_secs(1),
             log.purge(log_id(1, 0, 5)),
         )
         .await;
         assert!(matches!(purged, Ok(Ok(()))), "purge must not block");
-        tokio::time::sleep(PURGE_POLL * 5).await;
-        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        for _ in 0..PROMPT_TURNS {
+            tokio::task::yield_now().await;
+        }
+        sm.apply((1..=4).map(blank)).await.unwrap();
+        for _ in 0..PROMPT_TURNS {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(last_purged(&mut log).await, None);
         assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 10);
 
         // Once the state machine has applied that far, the deferred purge happens.
-        sm.apply((1..=6).map(blank)).await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while log
-            .get_log_state()
-            .await
-            .unwrap()
-            .last_purged_log_id
-            .is_none()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "deferred purge never ran"
-            );
-            tokio::time::sleep(PURGE_POLL).await;
-        }
-        let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 5)));
+        sm.apply((5..=6).map(blank)).await.unwrap();
+        let want = Some(log_id(1, 0, 5));
+        assert_eq!(settle_purge(&mut log, want).await, want);
         assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 5);
+    }
+
+    /// The deferred purge is woken by the state machine's apply, not by a timer: it runs
+    /// within a few turns of the runtime after the apply that reaches it.
+    #[tokio::test]
+    async fn a_deferred_purge_runs_promptly_once_applied_reaches_it() {
+        let Fixture {
+            mut log, mut sm, ..
+        } = ten_entries_and_a_state_machine();
+        log.purge(log_id(1, 0, 3)).await.unwrap();
+        for _ in 0..PROMPT_TURNS {
+            tokio::task::yield_now().await;
+        }
+        // A later, larger purge while the first waits: both are carried out, in order.
+        log.purge(log_id(1, 0, 8)).await.unwrap();
+        sm.apply((1..=3).map(blank)).await.unwrap();
+        let want = Some(log_id(1, 0, 3));
+        assert_eq!(settle_purge(&mut log, want).await, want);
+        sm.apply((4..=9).map(blank)).await.unwrap();
+        let want = Some(log_id(1, 0, 8));
+        assert_eq!(settle_purge(&mut log, want).await, want);
+        assert_eq!(log.try_get_log_entries(1..=10).await.unwrap().len(), 2);
+        assert_eq!(log.get_meta::<LogId>(KEY_PURGE_PENDING).unwrap(), None);
+    }
+
+    /// Shutdown ends a waiting deferred purge at once; the purge stays recorded, and the
+    /// next start carries it out.
+    #[tokio::test]
+    async fn shutdown_ends_a_waiting_purge_and_keeps_it_recorded() {
+        let Fixture {
+            db,
+            tasks,
+            mut log,
+            mut sm,
+            ..
+        } = ten_entries_and_a_state_machine();
+        log.purge(log_id(1, 0, 5)).await.unwrap();
+        let bound = std::time::Duration::from_secs(5);
+        let started = std::time::Instant::now();
+        assert_eq!(tasks.join(bound).await, 0, "the purge task ended by itself");
+        assert!(started.elapsed() < bound);
+        assert_eq!(last_purged(&mut log).await, None);
+        assert_eq!(
+            log.get_meta::<LogId>(KEY_PURGE_PENDING).unwrap(),
+            Some(log_id(1, 0, 5))
+        );
+        // "Restart" once the state machine has caught up.
+        sm.apply((1..=5).map(blank)).await.unwrap();
+        let mut reopened = new_log(&db, &AppliedIndex::default(), &Tasks::new());
+        assert_eq!(last_purged(&mut reopened).await, Some(log_id(1, 0, 5)));
     }
 
     /// A purge deferred before a crash is carried out at the next start once the state
     /// machine has reached it (the log must not keep a gap a snapshot jumped over).
     #[tokio::test]
     async fn a_deferred_purge_survives_a_restart() {
-        let (_td, db, mut log, mut sm) = ten_entries_and_a_state_machine();
+        let Fixture {
+            db,
+            mut log,
+            mut sm,
+            ..
+        } = ten_entries_and_a_state_machine();
         log.purge(log_id(1, 0, 7)).await.unwrap();
         // "Restart": a new handle on the same database, after the state machine caught up.
         sm.apply((1..=8).map(blank)).await.unwrap();
-        let mut reopened = LogStore::new(db.clone(), Arc::new(AtomicU64::new(0)));
+        let mut reopened = new_log(&db, &AppliedIndex::default(), &Tasks::new());
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 0, 7)));
         assert_eq!(reopened.try_get_log_entries(1..=10).await.unwrap().len(), 3);
+    }
+
+    /// A purge recorded before a restart that the state machine has not reached yet is
+    /// resumed at start-up and waits for the state machine, as before the restart.
+    #[tokio::test]
+    async fn a_resumed_purge_waits_for_the_state_machine() {
+        let Fixture {
+            db,
+            applied,
+            tasks,
+            mut log,
+            mut sm,
+            ..
+        } = ten_entries_and_a_state_machine();
+        log.purge(log_id(1, 0, 6)).await.unwrap();
+        tasks.join(std::time::Duration::from_secs(5)).await;
+        // "Restart" before the state machine caught up: the purge waits again.
+        let mut reopened = new_log(&db, &applied, &Tasks::new());
+        assert_eq!(last_purged(&mut reopened).await, None);
+        for _ in 0..PROMPT_TURNS {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(last_purged(&mut reopened).await, None);
+        sm.apply((1..=6).map(blank)).await.unwrap();
+        let want = Some(log_id(1, 0, 6));
+        assert_eq!(settle_purge(&mut reopened, want).await, want);
+        assert_eq!(reopened.try_get_log_entries(1..=10).await.unwrap().len(), 4);
     }
 }

@@ -4,7 +4,10 @@
 //! Client side: a pool of idle connections per peer address, shared by every openraft
 //! replication stream and heartbeat (openraft asks for a new client object per RPC batch,
 //! so connections live in the pool, not in the client). Each call has a hard deadline.
-//! Server side: one task per connection, answering requests in order. Everything a peer
+//! Server side: one task per connection, answering requests in order, owned by the serving
+//! task (a `JoinSet`): at shutdown it stops accepting, closes idle connections at once, lets
+//! requests being answered finish for `DRAIN_TIMEOUT` and aborts what is left, so that no
+//! connection task outlives it. Everything a peer
 //! sends is bounded before it is trusted: at most `MAX_CONNS` connections, a handshake
 //! deadline, frames of at most `MAX_FRAME` bytes that must arrive within
 //! `FRAME_TIMEOUT`, decoding that never recurses nor reads past the frame, and idle
@@ -53,6 +56,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 
 use crate::peer_auth::PeerAuth;
 use crate::peer_auth::PeerStream;
@@ -82,6 +86,13 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no request for this long is closed (the client's pool reconnects).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// At shutdown, how long connections may take to finish the request they are answering
+/// before they are aborted.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed accept (e.g. EMFILE: out of file descriptors), how long to back off
+/// before accepting again, so that a persistent error does not spin a core. A backoff
+/// after an error, not a wait for an event.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Refused peer connections by reason, for `hraftd_peer_rejected_total{reason}`, and the
 /// rate limit on logging them (a flood of refusals must not become a flood of log lines).
@@ -563,7 +574,9 @@ pub(crate) struct Hooks {
     pub(crate) auth: PeerAuth,
 }
 
-/// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves.
+/// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves; then stops
+/// accepting, and returns once every connection task has ended (idle ones at once, busy ones
+/// after their current request, or aborted after [`DRAIN_TIMEOUT`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft,
@@ -572,17 +585,29 @@ pub(crate) async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
+    // The connection tasks, owned here so that none outlives the transport; and the
+    // signal that tells them to close once their current request is answered.
+    let mut conns = JoinSet::new();
+    let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            biased;
+            _ = &mut shutdown => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                reap_conn(done);
+                continue;
+            }
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 log::warn!("raft transport: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -596,8 +621,13 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let hooks = hooks.clone();
-        tokio::spawn(async move {
-            let authed = tokio::time::timeout(HANDSHAKE_TIMEOUT, hooks.auth.accept(stream)).await;
+        let mut closed = closed.clone();
+        conns.spawn(async move {
+            let authed = tokio::select! {
+                biased;
+                _ = closed.wait_for(|c| *c) => return,
+                a = tokio::time::timeout(HANDSHAKE_TIMEOUT, hooks.auth.accept(stream)) => a,
+            };
             let s = match authed {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return hooks.stats.reject("handshake", peer, &e),
@@ -609,17 +639,53 @@ pub(crate) async fn serve(
                     )
                 }
             };
-            serve_conn(s, peer, raft, &hooks).await;
+            serve_conn(s, peer, raft, &hooks, closed).await;
             drop(slot);
         });
+    }
+    drop(listener);
+    closing.send_replace(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(done) = conns.join_next().await {
+            reap_conn(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "raft transport: aborting {} peer connection(s) still busy after {DRAIN_TIMEOUT:?}",
+            conns.len()
+        );
+        conns.shutdown().await;
+    }
+}
+
+/// Takes in the end of one connection task.
+fn reap_conn(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            log::error!("raft transport: a connection task panicked: {e}");
+        }
     }
 }
 
 /// Answers one authenticated connection's requests in order, until it closes, idles out,
-/// or sends something that is refused.
-async fn serve_conn(mut s: PeerStream, peer: SocketAddr, raft: Raft, hooks: &Hooks) {
+/// sends something that is refused, or `closed` says the transport is stopping (then it
+/// closes between requests, never in the middle of answering one).
+async fn serve_conn(
+    mut s: PeerStream,
+    peer: SocketAddr,
+    raft: Raft,
+    hooks: &Hooks,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let len = match tokio::time::timeout(IDLE_TIMEOUT, s.read_u32()).await {
+        let next = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => return,
+            n = tokio::time::timeout(IDLE_TIMEOUT, s.read_u32()) => n,
+        };
+        let len = match next {
             Err(_) => return log::debug!("raft transport: closing idle connection from {peer}"),
             Ok(Err(e)) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {

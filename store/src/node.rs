@@ -1,11 +1,11 @@
 //! The [`Store`] handle the rest of hraftd uses: reads at a chosen level, writes with a
 //! bounded wait, membership changes, and status. It owns the openraft instance, the
 //! RocksDB-backed storage and the peer transport, and hides openraft's types from callers,
-//! so a later move to another openraft version stays inside this crate.
+//! so a later move to another openraft version stays inside this crate. It also owns the
+//! node's background tasks (`tasks.rs`), which [`Store::shutdown`] stops and joins.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -34,8 +34,10 @@ use crate::network::PeerRequest;
 use crate::network::PeerResponse;
 use crate::peer_auth::PeerAuth;
 use crate::snapshot;
+use crate::state_machine::AppliedIndex;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
+use crate::tasks::Tasks;
 use crate::types::raft_id_for;
 use crate::types::Node;
 use crate::types::NodeId;
@@ -47,6 +49,9 @@ use crate::types::MAX_ENTRY_BYTES;
 pub const MAX_BACKUPS: usize = 2;
 /// The longest a membership change waits for the one before it to finish.
 const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
+/// At shutdown, the longest the background tasks may take, in all, to end once told to
+/// (the peer transport alone may take `network::DRAIN_TIMEOUT`); any left then is aborted.
+const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +194,12 @@ pub struct Store {
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
     /// The membership log index from which this node's own view of membership counts
-    /// (`u64::MAX` until start-up says; see `spawn_removal_watch`).
-    removal_floor: Arc<AtomicU64>,
+    /// (`u64::MAX` until start-up says; see `spawn_removal_watch`). A channel, so that the
+    /// removal watch re-checks as soon as it is set.
+    removal_floor: watch::Sender<u64>,
+    /// The node's background tasks (write and read loops, transport, removal watch,
+    /// deferred purge, ...): stopped and joined by [`Store::shutdown`].
+    tasks: Tasks,
     /// Group commit: packs concurrent writes into shared log entries.
     writer: batch::Writer,
     /// When a leader was last heard from, and which said it is stopping; recorded by the
@@ -264,11 +273,20 @@ impl Store {
         let _ = std::fs::remove_dir_all(dir.join("backups"));
         let db = db::open(&dir.join("raft"))?;
         let committed = Arc::new(AtomicU64::new(0));
-        let log_store = LogStore::new(db.clone(), committed.clone());
+        // Made first and handed to both: the log store's deferred purges wait for the
+        // applied index the state machine publishes, and run as the node's tasks.
+        let tasks = Tasks::new();
+        let applied = AppliedIndex::default();
+        let log_store = LogStore::new(
+            db.clone(),
+            committed.clone(),
+            applied.clone(),
+            tasks.clone(),
+        );
         let db_handle = db.clone();
         let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
         committed.store(startup_commit, Ordering::Relaxed);
-        let sm = StateMachine::open(db, dir.join("snapshots"))
+        let sm = StateMachine::open(db, dir.join("snapshots"), applied)
             .map_err(|e| Error::io("opening state machine", e))?;
         let reader = sm.reader();
 
@@ -312,8 +330,8 @@ impl Store {
         // A stopping leader's notice lapses after two maximum election timeouts: by then
         // every follower has timed out on it and started an election.
         let contact = network::LeaderContact::new(2 * opts.election_timeout.end);
-        let writer = batch::Writer::spawn(raft.clone());
-        let reads = batch::ReadBarrier::spawn(raft.clone());
+        let writer = batch::Writer::spawn(raft.clone(), &tasks);
+        let reads = batch::ReadBarrier::spawn(raft.clone(), &tasks);
         let store = Arc::new(Store {
             writer,
             reads,
@@ -331,7 +349,8 @@ impl Store {
             backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
             checking_removal: Arc::default(),
             removed,
-            removal_floor: Arc::new(AtomicU64::new(u64::MAX)),
+            removal_floor: watch::Sender::new(u64::MAX),
+            tasks,
             membership_lock: tokio::sync::Mutex::new(()),
         });
         store.spawn_removal_watch();
@@ -347,9 +366,10 @@ impl Store {
         let mut rx = self.raft.metrics();
         let id = self.raft_id;
         let removed = self.removed.clone();
-        let floor = self.removal_floor.clone();
+        let mut floor = self.removal_floor.subscribe();
         let reader = self.reader.clone();
-        tokio::spawn(async move {
+        let mut stop = self.tasks.stopping();
+        self.tasks.spawn("removal watch", async move {
             let mut view = MembershipView::default();
             loop {
                 let (index, present) = {
@@ -362,17 +382,21 @@ impl Store {
                 };
                 // The membership openraft reports may not be committed yet: act only once the
                 // applied (committed) one agrees.
-                if view.removed(floor.load(Ordering::Relaxed), index, present)
+                let floor_now = *floor.borrow_and_update();
+                if view.removed(floor_now, index, present)
                     && applied_without(&reader, id, index.unwrap_or(0))
                 {
                     log::warn!("this node is no longer in the cluster's committed membership");
                     removed.send_replace(true);
                     return;
                 }
-                // Re-check on every metrics change, and now and then for a new floor.
+                // Re-check on every metrics change (an applied entry is one) and on a new
+                // floor.
                 tokio::select! {
+                    biased;
+                    _ = stop.wait() => return,
                     r = rx.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    r = floor.changed() => if r.is_err() { return },
                 }
             }
         });
@@ -382,15 +406,12 @@ impl Store {
     /// for a node that bootstrapped or resumed, the index that made it a voter for a node
     /// that just joined.
     pub fn watch_removal_after(&self, index: u64) {
-        self.removal_floor.store(index, Ordering::Relaxed);
+        self.removal_floor.send_replace(index);
     }
 
-    /// Serves the peer transport on `listener` until `shutdown` resolves.
-    pub fn serve_raft(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Serves the peer transport on `listener` until [`Store::shutdown`], which stops it
+    /// (after a leader's hand-off, so peers are answered until then) and waits for it to end.
+    pub fn serve_raft(self: &Arc<Self>, listener: TcpListener) {
         let weak = Arc::downgrade(self);
         let reader = self.reader.clone();
         let raft = self.raft.clone();
@@ -413,12 +434,12 @@ impl Store {
             stats: self.peer_stats.clone(),
             auth: self.opts.peer_auth.clone(),
         };
-        tokio::spawn(network::serve(
-            listener,
-            self.raft.clone(),
-            Arc::new(hooks),
-            shutdown,
-        ))
+        let mut stop = self.tasks.stopping();
+        let shutdown = async move { stop.wait().await };
+        self.tasks.spawn(
+            "peer transport",
+            network::serve(listener, self.raft.clone(), Arc::new(hooks), shutdown),
+        );
     }
 
     /// A peer says this node was removed by the membership change at log index `index`.
@@ -432,8 +453,13 @@ impl Store {
             return;
         }
         let store = self.clone();
-        tokio::spawn(async move {
-            let confirmed = store.removal_confirmed(index).await;
+        let mut stop = self.tasks.stopping();
+        let started = self.tasks.spawn("removal notice check", async move {
+            let confirmed = tokio::select! {
+                biased;
+                _ = stop.wait() => Err("shutting down".into()),
+                c = store.removal_confirmed(index) => c,
+            };
             store.checking_removal.store(false, Ordering::Release);
             match confirmed {
                 Ok(()) => {
@@ -443,11 +469,14 @@ impl Store {
                 Err(why) => log::warn!("ignoring a removal notice: {why}"),
             }
         });
+        if !started {
+            self.checking_removal.store(false, Ordering::Release);
+        }
     }
 
     /// Whether this node's removal at `index` is confirmed, and if not, why.
     async fn removal_confirmed(&self, index: u64) -> std::result::Result<(), String> {
-        if self.removal_floor.load(Ordering::Relaxed) == u64::MAX {
+        if *self.removal_floor.borrow() == u64::MAX {
             return Err("this node is still joining".into());
         }
         if applied_without(&self.reader, self.raft_id, index) {
@@ -887,7 +916,8 @@ impl Store {
         log::info!("remove: {node} removed");
         if id != self.raft_id {
             let net = self.net.clone();
-            tokio::spawn(async move {
+            let mut stop = self.tasks.stopping();
+            let tell = async move {
                 for _ in 0..5 {
                     let req = PeerRequest::Removed {
                         node_id: id,
@@ -900,9 +930,17 @@ impl Store {
                     {
                         return;
                     }
+                    // A backoff between retries of a failed call, not a wait for an event.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 log::warn!("could not tell {node} it was removed");
+            };
+            self.tasks.spawn("removal notice", async move {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => {}
+                    _ = tell => {}
+                }
             });
         }
         Ok(())
@@ -1079,10 +1117,33 @@ impl Store {
         full_log_voter(&m, me).and_then(|id| mem.get_node(&id).map(|n| n.id.clone()))
     }
 
-    /// Stops Raft, then syncs the RocksDB WAL and stops RocksDB's background work.
+    /// Waits until this node is the leader (as after [`Store::bootstrap`] of a single-node
+    /// cluster), `timeout` at most.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<()> {
+        let id = self.raft_id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.state == ServerState::Leader && m.current_leader == Some(id),
+                "this node to lead",
+            )
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => Error::Timeout {
+                    what: "this node becoming the leader".into(),
+                    after: timeout,
+                },
+                openraft::metrics::WaitError::ShuttingDown => Error::ShuttingDown,
+            })
+    }
+
+    /// Tells the background tasks to stop, stops Raft, waits (bounded) for the tasks to
+    /// end, then syncs the RocksDB WAL and stops RocksDB's background work.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
-            log::warn!("raft shutdown: {e}");
+        let aborted = self.stop_tasks_and_raft().await;
+        if aborted > 0 {
+            log::warn!("{aborted} background task(s) had to be aborted at shutdown");
         }
         let db = self.db.clone();
         let flushed = tokio::task::spawn_blocking(move || {
@@ -1096,6 +1157,17 @@ impl Store {
             Ok(Err(e)) => log::warn!("flushing RocksDB at shutdown: {e}"),
             Err(e) => log::warn!("flushing RocksDB at shutdown: {e}"),
         }
+    }
+
+    /// The first half of [`Store::shutdown`]: the stop signal first (no new batch is
+    /// proposed, the transport stops accepting), then Raft (which answers the batches and
+    /// rounds still in flight), then the bounded join. Returns how many tasks were aborted.
+    async fn stop_tasks_and_raft(&self) -> usize {
+        self.tasks.stop();
+        if let Err(e) = self.raft.shutdown().await {
+            log::warn!("raft shutdown: {e}");
+        }
+        self.tasks.join(TASKS_STOP_WAIT).await
     }
 }
 
@@ -1137,7 +1209,91 @@ fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::MembershipView;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A single-node store in `dir`, serving its transport on a free port, leading.
+    async fn leading_store(dir: &std::path::Path) -> (Arc<Store>, std::net::SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut opts = Options::new("n1", &addr.to_string(), "127.0.0.1:1", dir);
+        opts.heartbeat = Duration::from_millis(50);
+        opts.election_timeout = Duration::from_millis(150)..Duration::from_millis(300);
+        let store = Store::open(opts).await.unwrap();
+        store.serve_raft(listener);
+        store.bootstrap().await.unwrap();
+        store.wait_leader(Duration::from_secs(10)).await.unwrap();
+        (store, addr)
+    }
+
+    /// Shutdown ends every background task by itself, within its bound (none is
+    /// aborted): the write loop and its batches, the read-round loop, the transport with a
+    /// peer connection still open, and the removal watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_ends_every_background_task() {
+        let td = tempfile::tempdir().unwrap();
+        let (store, addr) = leading_store(td.path()).await;
+        store.set(vec![("k".into(), "v".into())]).await.unwrap();
+        let got = store.get("k", ReadLevel::Consistent).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v"));
+        // A peer that connected and then says nothing: the transport must not wait for it.
+        let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+        let started = std::time::Instant::now();
+        assert_eq!(
+            store.stop_tasks_and_raft().await,
+            0,
+            "a task had to be aborted"
+        );
+        assert!(started.elapsed() < TASKS_STOP_WAIT);
+
+        // The write loop and the read loop are gone: requests are refused at once.
+        let op = Op::Delete { key: "k".into() };
+        assert!(matches!(
+            store.writer.write(op),
+            Err(batch::Refused::Closed)
+        ));
+        assert!(matches!(
+            store.reads.confirm().await,
+            batch::Confirmed::Closed
+        ));
+        // The peer connection was closed.
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the peer connection is still open: {read:?}"
+        );
+    }
+
+    /// Writes queued when shutdown begins are answered "shutting down" (they were never
+    /// proposed), not left waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_answers_queued_writes() {
+        let td = tempfile::tempdir().unwrap();
+        let (store, _) = leading_store(td.path()).await;
+        let pending: Vec<_> = (0..64)
+            .map(|i| {
+                let op = Op::Set {
+                    pairs: vec![(format!("k{i}"), "v".into())],
+                };
+                store.writer.write(op).expect("queued")
+            })
+            .collect();
+        store.shutdown().await;
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(pending))
+                .await
+                .expect("every queued write is answered");
+        // Each was either committed before the stop, or told the node stopped.
+        for a in &answered {
+            assert!(
+                matches!(a, None | Some(Ok(_)) | Some(Err(RaftError::Fatal(_)))),
+                "{a:?}"
+            );
+        }
+    }
 
     /// A node re-joining under its old id replays history: a snapshot whose membership
     /// lists its old self, then its own earlier removal, then its new addition. Found by

@@ -5,7 +5,9 @@
 //! through [`StateReader`]; the `install` lock keeps them (and snapshot builds) from seeing
 //! a half-installed snapshot. Everything that renames, picks or deletes snapshot files holds
 //! the `files` lock, because openraft builds snapshots concurrently with installing and
-//! serving them.
+//! serving them. After every apply batch and snapshot install the state machine publishes
+//! its applied index on an `AppliedIndex` channel, for those who wait for it to reach an
+//! index (the log store's deferred purge) instead of polling RocksDB.
 
 use std::io;
 use std::path::Path;
@@ -21,6 +23,7 @@ use openraft::RaftSnapshotBuilder;
 use openraft::StorageIOError;
 use rocksdb::WriteBatch;
 use rocksdb::DB;
+use tokio::sync::watch;
 
 use crate::backup;
 use crate::backup::Backup;
@@ -59,6 +62,40 @@ type FilesLock = Arc<Mutex<()>>;
 
 fn lock_files(l: &FilesLock) -> std::sync::MutexGuard<'_, ()> {
     l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The state machine's last applied log index (`None` before anything was applied), as
+/// published by the state machine after each apply batch, each snapshot install, and when
+/// it opens. Made before the log store and the state machine and handed to both, so the
+/// log store can wait for the state machine without owning it. Clones share one channel.
+///
+/// What it says is never ahead of RocksDB: it is published only after the write that
+/// records `last_applied`.
+#[derive(Clone)]
+pub(crate) struct AppliedIndex {
+    tx: watch::Sender<Option<u64>>,
+}
+
+impl Default for AppliedIndex {
+    fn default() -> Self {
+        AppliedIndex {
+            tx: watch::channel(None).0,
+        }
+    }
+}
+
+impl AppliedIndex {
+    fn publish(&self, index: Option<u64>) {
+        self.tx
+            .send_if_modified(|v| std::mem::replace(v, index) != index);
+    }
+
+    /// Resolves once the state machine has applied up to `index` (at once if it has).
+    pub(crate) async fn reached(&self, index: u64) {
+        let mut rx = self.tx.subscribe();
+        // The channel cannot close while `self` holds its sender.
+        let _ = rx.wait_for(|a| a.is_some_and(|a| a >= index)).await;
+    }
 }
 
 /// Read access to the applied state, shared by the HTTP read path.
@@ -125,6 +162,8 @@ pub struct StateMachine {
     files: FilesLock,
     /// The file the current snapshot transfer is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
+    /// Where the applied index is published, shared with the log store.
+    applied: AppliedIndex,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -136,8 +175,13 @@ fn snap_err(meta: Option<&SnapshotMeta>, e: impl std::error::Error + 'static) ->
 }
 
 impl StateMachine {
-    /// Opens the state machine, finishing any snapshot install a crash interrupted.
-    pub(crate) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<Self> {
+    /// Opens the state machine, finishing any snapshot install a crash interrupted, and
+    /// publishes its applied index on `applied`.
+    pub(crate) fn open(
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+        applied: AppliedIndex,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = StateMachine {
             reader: StateReader {
@@ -148,6 +192,7 @@ impl StateMachine {
             snapshot_dir,
             files: Arc::new(Mutex::new(())),
             receiving: Arc::new(Mutex::new(None)),
+            applied,
         };
         let cf = sm
             .db
@@ -175,6 +220,8 @@ impl StateMachine {
             }
         }
         snapshot::retain_newest(&sm.snapshot_dir, true)?;
+        let (last, _) = snapshot::read_applied(|k| sm.db.get_cf(cf, k))?;
+        sm.applied.publish(last.map(|l| l.index));
         Ok(sm)
     }
 
@@ -348,6 +395,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // prefix, so a crash can only roll `last_applied` back to entries still in the
             // log (see db.rs).
             self.db.write(batch).map_err(sm_err)?;
+            self.applied.publish(Some(last.index));
         }
         Ok(out)
     }
@@ -470,6 +518,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(Some(meta), io::Error::other(e)))?
         .map_err(|e| snap_err(Some(meta), e))?;
+        self.applied.publish(meta.last_log_id.map(|l| l.index));
         log::info!(
             "installed snapshot {} at {:?}",
             meta.snapshot_id,

@@ -6,6 +6,7 @@ use openraft::testing::Suite;
 use tempfile::TempDir;
 
 use crate::log_store::LogStore;
+use crate::state_machine::AppliedIndex;
 use crate::state_machine::StateMachine;
 use crate::types::StorageError;
 use crate::types::TypeConfig;
@@ -18,7 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let db = crate::db::open(&td.path().join("raft")).expect("open rocksdb");
         // The suite purges logs without applying them; our purge guard would defer that.
         let log = LogStore::unguarded(db.clone());
-        let sm = StateMachine::open(db, td.path().join("snapshots")).expect("open state machine");
+        let sm = StateMachine::open(db, td.path().join("snapshots"), AppliedIndex::default())
+            .expect("open state machine");
         Ok((td, log, sm))
     }
 }
