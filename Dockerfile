@@ -17,18 +17,20 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY store/Cargo.toml store/
 COPY httpd/Cargo.toml httpd/
-RUN mkdir -p src/bin store/src httpd/src \
+COPY client/Cargo.toml client/
+RUN mkdir -p src/bin store/src httpd/src client/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/hraftd-bench.rs \
- && touch store/src/lib.rs httpd/src/lib.rs \
+ && touch src/lib.rs store/src/lib.rs httpd/src/lib.rs client/src/lib.rs \
  && cargo build --release --locked --bin hraftd \
- && rm -rf src store/src httpd/src
+ && rm -rf src store/src httpd/src client/src
 
 # Then hraftd itself (touched so cargo sees them newer than the placeholders).
 COPY src src
 COPY store/src store/src
 COPY httpd httpd
-RUN find src store/src httpd/src -name '*.rs' -exec touch {} + \
+COPY client/src client/src
+RUN find src store/src httpd/src client/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin hraftd \
  && cp target/release/hraftd /usr/local/bin/hraftd
 
