@@ -291,6 +291,23 @@ impl TestCluster {
             .expect("an HTTP client")
     }
 
+    /// Makes a follower fall behind: it sees `first`=`1`, is killed, and misses `writes`
+    /// keys `k000`.. (values `v0`..) written through the leader, so with a low
+    /// `-snapshot-threshold` it can only catch up by snapshot. Returns (leader, follower);
+    /// the follower is left stopped.
+    pub async fn must_leave_a_follower_behind(&mut self, writes: usize) -> (usize, usize) {
+        let leader = self.must_leader().await;
+        let lagger = (leader + 1) % self.nodes.len();
+        self.must_put(leader, "first", "1").await;
+        self.must_see(lagger, "first", "1").await;
+        self.kill(lagger);
+        for i in 0..writes {
+            self.must_put(leader, &format!("k{i:03}"), &format!("v{i}"))
+                .await;
+        }
+        (leader, lagger)
+    }
+
     /// Waits until node `i` serves `k` = `v` from its local (stale) state.
     pub async fn must_see(&self, i: usize, k: &str, v: &str) {
         let what = format!("node{i} to apply {k}={v}");

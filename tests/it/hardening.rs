@@ -132,15 +132,7 @@ async fn a_fatal_storage_error_ends_the_process_non_zero() {
 #[tokio::test]
 async fn a_crash_between_snapshot_publish_and_install_recovers() {
     let mut c = TestCluster::start(3, &["-snapshot-threshold", "20"]).await;
-    let leader = c.must_leader().await;
-    let lagger = (leader + 1) % 3;
-    c.must_put(leader, "first", "1").await;
-    c.must_see(lagger, "first", "1").await;
-    c.kill(lagger);
-    for i in 0..100 {
-        c.must_put(leader, &format!("k{i:03}"), &format!("v{i}"))
-            .await;
-    }
+    let (leader, lagger) = c.must_leave_a_follower_behind(100).await;
     c.nodes[lagger].env = vec![(
         "HRAFTD_TEST_FAILPOINT".into(),
         "after-snapshot-publish".into(),

@@ -72,15 +72,7 @@ async fn removing_the_leader_moves_leadership() {
 #[tokio::test]
 async fn node_down_past_log_purge_catches_up_by_snapshot() {
     let mut c = TestCluster::start(3, &["-snapshot-threshold", "20"]).await;
-    let leader = c.must_leader().await;
-    let lagger = (leader + 1) % 3;
-    c.must_put(leader, "first", "1").await;
-    c.must_see(lagger, "first", "1").await;
-    c.kill(lagger);
-    for i in 0..150 {
-        c.must_put(leader, &format!("k{i:03}"), &format!("v{i}"))
-            .await;
-    }
+    let (leader, lagger) = c.must_leave_a_follower_behind(150).await;
     let before = std::fs::read_to_string(&c.nodes[lagger].log).unwrap().len();
     c.restart(lagger);
     c.must_see(lagger, "k149", "v149").await;
