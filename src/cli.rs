@@ -32,7 +32,9 @@ use hraftd_store::PeerAuth;
                   hraftd restore --from FILE [flags] DATA_DIR   seed a new single-node cluster \
                   from a backup (GET /backup)\n  \
                   hraftd gen-key FILE                           make a cluster key for \
-                  -cluster-key (mode 0600)\n\
+                  -cluster-key (mode 0600)\n  \
+                  hraftd hash-password < password-file          print an argon2id hash for \
+                  an -auth file\n\
                   Durations take a unit (500ms, 5s, 2m); a bare number means seconds."
 )]
 pub struct Args {
@@ -82,6 +84,18 @@ pub struct Args {
     /// The CA (PEM) that signs every member's peer certificate.
     #[arg(long = "peer-ca", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
+    /// Users and permissions: a JSON list of {"username","password_hash","perms"}
+    /// (`hraftd hash-password` makes the hash; perms: read, write, admin, metrics; the
+    /// username "*" without a hash gives anonymous clients' perms). Re-read on SIGHUP.
+    #[arg(long = "auth", value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// The user this node joins as (needs the admin permission where the cluster uses
+    /// -auth); the password comes from -join-password-file or HRAFTD_JOIN_PASSWORD.
+    #[arg(long = "join-as", value_name = "USER")]
+    pub join_as: Option<String>,
+    /// File holding the -join-as user's password (surrounding whitespace trimmed).
+    #[arg(long = "join-password-file", value_name = "FILE")]
+    pub join_password_file: Option<PathBuf>,
     /// How long this joining node keeps retrying -join before it gives up and exits.
     #[arg(long = "join-timeout", default_value = "120s", value_parser = duration)]
     pub join_timeout: Duration,
@@ -116,7 +130,7 @@ impl Args {
 }
 
 /// The commands `hraftd` knows besides running a node (see `main`).
-pub const COMMANDS: &[&str] = &["restore", "gen-key"];
+pub const COMMANDS: &[&str] = &["restore", "gen-key", "hash-password"];
 
 /// The data directory from `--data-dir` or the positional DATA_DIR. A positional word
 /// that names nothing yet and has no `/` in it is taken for a mistyped or unknown command
@@ -143,6 +157,30 @@ pub fn data_dir(flag: Option<&Path>, positional: Option<&Path>) -> anyhow::Resul
         (None, None) => bail!("no data directory: give DATA_DIR (e.g. ~/node0) or --data-dir DIR"),
         (Some(_), Some(_)) => bail!("give either DATA_DIR or --data-dir, not both"),
     }
+}
+
+/// The credentials a joining node presents: `-join-as`, with the password from
+/// `-join-password-file` or the environment variable `HRAFTD_JOIN_PASSWORD` (never a
+/// flag, so it is not in `ps` or shell history).
+pub fn join_credentials(args: &Args) -> anyhow::Result<Option<(String, String)>> {
+    let Some(user) = &args.join_as else {
+        if args.join_password_file.is_some() {
+            bail!("-join-password-file needs -join-as USER");
+        }
+        return Ok(None);
+    };
+    let password = match &args.join_password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading -join-password-file {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("HRAFTD_JOIN_PASSWORD").map_err(|_| {
+            anyhow::anyhow!(
+                "-join-as {user} needs -join-password-file FILE or HRAFTD_JOIN_PASSWORD"
+            )
+        })?,
+    };
+    Ok(Some((user.clone(), password)))
 }
 
 /// A duration with a unit (`500ms`, `5s`, `2m`), or a bare number of seconds, as the

@@ -226,6 +226,11 @@ impl Node {
             .is_some_and(|c| signal(c, libc::SIGTERM))
     }
 
+    /// Sends `sig` (e.g. `libc::SIGHUP`); false if the node is not running.
+    pub fn signal(&self, sig: libc::c_int) -> bool {
+        self.child.as_ref().is_some_and(|c| signal(c, sig))
+    }
+
     /// SIGSTOP: the process stays, frozen.
     pub fn pause(&mut self) {
         if let Some(c) = &self.child {

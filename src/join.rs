@@ -15,10 +15,18 @@ use hraftd_store::PeerAuth;
 /// How long one `/join` request may take: the leader answers only once we have caught up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Asks the cluster reachable at `targets` to add this node, until `deadline` has passed.
+/// Where to join, and as whom.
+pub struct Target<'a> {
+    /// `-join`: HTTP addresses of members.
+    pub addrs: &'a [String],
+    /// `-join-as` and its password, for a cluster that uses `-auth`.
+    pub credentials: Option<(&'a str, &'a str)>,
+}
+
+/// Asks the cluster reachable at `target` to add this node, until `deadline` has passed.
 /// Returns the membership log index that made this node a voter.
 pub async fn join(
-    targets: &[String],
+    target: Target<'_>,
     id: &str,
     raft_addr: &str,
     http_addr: &str,
@@ -26,13 +34,17 @@ pub async fn join(
     deadline: Duration,
 ) -> anyhow::Result<u64> {
     // One client per target, so that every target is tried (and reported) each round.
+    let targets = target.addrs;
     let clients = targets
         .iter()
         .map(|t| {
-            Client::builder([t.clone()])
+            let mut b = Client::builder([t.clone()])
                 .timeout(REQUEST_TIMEOUT)
-                .connect_timeout(Duration::from_secs(2))
-                .build()
+                .connect_timeout(Duration::from_secs(2));
+            if let Some((user, password)) = target.credentials {
+                b = b.basic_auth(user, password);
+            }
+            b.build()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let req = JoinRequest {
@@ -60,7 +72,12 @@ pub async fn join(
                 }
                 Err(e) => {
                     last_error = e.to_string();
-                    if matches!(e.code(), Some(ErrorCode::BadRequest | ErrorCode::Forbidden)) {
+                    if matches!(
+                        e.code(),
+                        Some(
+                            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::Unauthorized
+                        )
+                    ) {
                         bail!("the cluster refused to add this node: {last_error}");
                     }
                 }

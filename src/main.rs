@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use hraftd_httpd::auth::Auth;
 use hraftd_httpd::Settings;
 use hraftd_store::Store;
 use tokio::net::TcpSocket;
@@ -47,6 +48,41 @@ async fn shutdown_signal() {
     }
 }
 
+/// `hraftd hash-password`: reads a password from stdin (one line) and prints its argon2id
+/// PHC string for an `-auth` file. The password is never a command-line argument.
+fn hash_password(argv: &[String]) -> anyhow::Result<()> {
+    if argv.len() > 2 {
+        anyhow::bail!("usage: hraftd hash-password < file (the password is read from stdin)");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    let hash = hraftd_httpd::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
+    Ok(())
+}
+
+/// Re-reads the `-auth` file on every SIGHUP; a file that does not parse leaves the users
+/// in force.
+async fn reload_on_sighup(auth: Arc<Auth>) {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return log::warn!("cannot watch SIGHUP; -auth will not be re-read");
+    };
+    while hup.recv().await.is_some() {
+        match auth.reload() {
+            Ok(n) => log::info!("SIGHUP: reloaded {n} users from {}", auth.path().display()),
+            Err(e) => log::warn!("SIGHUP: keeping the users in force: {e}"),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -58,6 +94,9 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     // 1. Flags and logging; `hraftd restore ...` is its own short sequence.
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("hash-password") {
+        return hash_password(&argv);
+    }
     if argv.get(1).map(String::as_str) == Some("gen-key") {
         let [_, _, file] = &argv[..] else {
             anyhow::bail!("usage: hraftd gen-key FILE");
@@ -77,6 +116,22 @@ async fn run() -> anyhow::Result<()> {
         return restore::run(args).await;
     }
     let args = Args::parse_go_style(argv)?;
+    // Users and permissions first: a file that does not parse is refused before anything
+    // is bound or created.
+    let auth = match &args.auth {
+        Some(path) => {
+            let auth = Auth::load(path).map_err(|e| anyhow::anyhow!("-auth: {e}"))?;
+            log::info!("users and permissions from {}", path.display());
+            Some(Arc::new(auth))
+        }
+        None => {
+            log::warn!(
+                "no -auth: every client that reaches {} may read, write and administer",
+                args.haddr
+            );
+            None
+        }
+    };
 
     // 2. Listeners first: a busy port fails fast, before any state is touched.
     let raft_listener = listen(&args.raddr, "raft").await?;
@@ -116,10 +171,14 @@ async fn run() -> anyhow::Result<()> {
     // The store owns the transport's task: `Store::shutdown` stops it and waits for it.
     store.serve_raft(raft_listener);
 
-    // 5. Serve the HTTP API.
+    // 5. Serve the HTTP API (with the users loaded in step 1, re-read on SIGHUP).
+    if let Some(auth) = &auth {
+        tokio::spawn(reload_on_sighup(auth.clone()));
+    }
     let settings = Settings {
         body_limit: args.body_limit,
         max_key_bytes: args.max_key_bytes,
+        auth,
         ..Settings::default()
     };
     let api = Arc::new(api::Api(store.clone()));
@@ -145,7 +204,12 @@ async fn run() -> anyhow::Result<()> {
         store.bootstrap().await.context("bootstrapping")?;
         store.watch_removal_after(0);
     } else {
-        match join::join(&args.join, &id, &radv, &hadv, &join_key, args.join_timeout).await {
+        let creds = cli::join_credentials(&args)?;
+        let target = join::Target {
+            addrs: &args.join,
+            credentials: creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+        };
+        match join::join(target, &id, &radv, &hadv, &join_key, args.join_timeout).await {
             Ok(index) => store.watch_removal_after(index),
             Err(e) => {
                 let _ = stop_tx.send(true);

@@ -101,12 +101,26 @@ impl Error {
 }
 
 /// Builds a [`Client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Builder {
     endpoints: Vec<String>,
     timeout: Duration,
     connect_timeout: Duration,
     follow_redirects: bool,
+    credentials: Option<Credentials>,
+}
+
+/// HTTP Basic credentials (`-auth`); sent on every hop, redirects included.
+#[derive(Clone)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, <password>)", self.user)
+    }
 }
 
 impl Builder {
@@ -128,14 +142,20 @@ impl Builder {
         self
     }
 
+    /// Authenticates every request as `user` (HTTP Basic), also after a redirect to the
+    /// leader (which generic HTTP clients, `curl -L` among them, do not do across hosts).
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
     pub fn build(self) -> Result<Client, reqwest::Error> {
-        let redirect = if self.follow_redirects {
-            reqwest::redirect::Policy::limited(5)
-        } else {
-            reqwest::redirect::Policy::none()
-        };
+        // Redirects are followed here, not by reqwest, so credentials go along.
         let http = reqwest::Client::builder()
-            .redirect(redirect)
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .pool_max_idle_per_host(4)
@@ -144,9 +164,14 @@ impl Builder {
             http,
             endpoints: self.endpoints,
             preferred: AtomicUsize::new(0),
+            follow_redirects: self.follow_redirects,
+            credentials: self.credentials,
         })
     }
 }
+
+/// Redirects followed for one request, at most.
+const MAX_REDIRECTS: usize = 5;
 
 /// A client of one hraftd cluster.
 #[derive(Debug)]
@@ -157,6 +182,8 @@ pub struct Client {
     /// The endpoint that answered last; requests start there. Shared by concurrent
     /// requests, which may move it.
     preferred: AtomicUsize,
+    follow_redirects: bool,
+    credentials: Option<Credentials>,
 }
 
 /// `http://` prefixed to a bare `host:port` (`:port` is this host).
@@ -183,6 +210,7 @@ impl Client {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             follow_redirects: true,
+            credentials: None,
         }
     }
 
@@ -203,6 +231,8 @@ impl Client {
             http: self.http.clone(),
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             preferred: AtomicUsize::new(0),
+            follow_redirects: self.follow_redirects,
+            credentials: self.credentials.clone(),
         }
     }
 
@@ -223,18 +253,8 @@ impl Client {
             let Some(endpoint) = self.endpoints.get(i) else {
                 break;
             };
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", base_url(endpoint)));
-            for (name, value) in headers {
-                req = req.header(*name, value);
-            }
-            if let Some(b) = &body {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(b.clone());
-            }
-            match req.send().await {
+            let url = format!("{}{path}", base_url(endpoint));
+            match self.send_following(&method, url, &body, headers).await {
                 Ok(resp) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok((endpoint.clone(), resp));
@@ -257,6 +277,46 @@ impl Client {
             endpoint: String::new(),
             detail: "the client has no endpoints".into(),
         }))
+    }
+
+    /// Sends one request to `url`, following up to [`MAX_REDIRECTS`] `307`/`308`s with the
+    /// same method, body, headers and credentials (when the client follows redirects).
+    async fn send_following(
+        &self,
+        method: &Method,
+        mut url: String,
+        body: &Option<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut hops = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), &url);
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
+            if let Some(c) = &self.credentials {
+                req = req.basic_auth(&c.user, Some(&c.password));
+            }
+            if let Some(b) = body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            let resp = req.send().await?;
+            let redirect = matches!(resp.status().as_u16(), 307 | 308);
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| resp.url().join(l).ok());
+            match location {
+                Some(next) if redirect && self.follow_redirects && hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    url = next.to_string();
+                }
+                _ => return Ok(resp),
+            }
+        }
     }
 
     /// Sends a request and decodes a `2xx` body as `T`, or the error body.

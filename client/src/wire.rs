@@ -138,6 +138,8 @@ pub struct Health {
 pub enum ErrorCode {
     /// 400: malformed input; nothing changed.
     BadRequest,
+    /// 401: credentials missing or wrong (`-auth`).
+    Unauthorized,
     /// 403: authentication failed (e.g. a join without the cluster key).
     Forbidden,
     /// 404: no such key, member or endpoint.
@@ -169,6 +171,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -185,8 +188,9 @@ impl ErrorCode {
     }
 
     /// Every code a server sends, for documentation checks.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,

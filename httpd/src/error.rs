@@ -23,9 +23,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    /// The caller failed authentication.
+    /// The caller is known but not allowed (or failed peer authentication at `/join`).
     #[error("{0}")]
     Forbidden(String),
+    /// Credentials are missing or wrong (`-auth`): `401` with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("method {method} not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::NotLeader {
@@ -81,6 +85,7 @@ const RETRY_AFTER_SECS: &str = "1";
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -116,6 +121,10 @@ impl ResponseError for ApiError {
             }
             ApiError::NotLeader { leader_http: None } | ApiError::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
+                None
+            }
+            ApiError::Unauthorized(_) => {
+                resp.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"hraftd\""));
                 None
             }
             ApiError::Internal(msg) => {

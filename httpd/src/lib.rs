@@ -27,6 +27,7 @@ use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use actix_web::HttpServer;
 
+pub mod auth;
 mod cluster;
 pub mod error;
 mod key;
@@ -116,6 +117,8 @@ pub struct Settings {
     pub max_key_bytes: usize,
     /// The longest one `/backup` response may take to send.
     pub backup_deadline: std::time::Duration,
+    /// Users and permissions (`-auth FILE`); `None`: every route is open.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl Default for Settings {
@@ -124,6 +127,7 @@ impl Default for Settings {
             body_limit: 1 << 20,
             max_key_bytes: 4096,
             backup_deadline: std::time::Duration::from_secs(3600),
+            auth: None,
         }
     }
 }
@@ -223,6 +227,8 @@ pub fn app<S: KvStore>(
         .app_data(web::Data::from(metrics))
         .configure(routes::<S>)
         .default_service(web::route().to(not_found))
+        // Inside the metrics wrapper, so refusals are counted too.
+        .wrap(actix_web::middleware::from_fn(auth::authorize))
         .wrap_fn(move |req, srv| {
             let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
             let method = req.method().clone();

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod client;
 mod cluster;
 mod durability;

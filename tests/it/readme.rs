@@ -84,6 +84,9 @@ async fn readme_quick_start() {
         "gen-key",
         "DATA_DIR",
         "--data-dir",
+        "--auth",
+        "--join-as",
+        "hash-password",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
