@@ -68,10 +68,12 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Sends `sig` to the process `child`; false if it could not be delivered.
+/// Sends `sig` to the process `child`, which must not have been reaped (see `Node::exit`);
+/// false if it could not be delivered.
 fn signal(child: &Child, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) with the pid of a child we spawned and have not reaped yet, so the
-    // pid cannot have been reused; it has no memory-safety preconditions.
+    // SAFETY: kill(2) has no memory-safety preconditions. The pid is that of a child we
+    // spawned and (callers check `Node::exit`) have not reaped, so it cannot have been
+    // reused by another process.
     unsafe { libc::kill(child.id() as libc::pid_t, sig) == 0 }
 }
 
@@ -91,6 +93,9 @@ pub struct Node {
     /// Environment variables for every run (e.g. a test fail point).
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// How `child` exited, once [`Node::is_running`] has seen it (and so reaped it): from
+    /// then on its pid may belong to another process, so no signal is sent to it.
+    exit: Option<ExitStatus>,
     paused: bool,
     /// Does not follow redirects, so a caller sees exactly what this node answers; pointed
     /// at the node's current `http` for each use ([`Node::client`]).
@@ -98,7 +103,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node that is not started yet.
+    /// A node that is not started yet. Its requests ([`Node::client`]) time out after 2 s;
+    /// see [`Node::set_request_timeout`].
     pub fn new(
         id: impl Into<String>,
         http: impl Into<String>,
@@ -121,8 +127,29 @@ impl Node {
             args: Vec::new(),
             env: Vec::new(),
             child: None,
+            exit: None,
             paused: false,
             base,
+        }
+    }
+
+    /// How long each request of [`Node::client`] may take (a fault injector wants it short,
+    /// so a frozen node does not stall it; a test that removes members wants it long).
+    pub fn set_request_timeout(&mut self, t: Duration) {
+        self.base = Client::builder(Vec::<String>::new())
+            .follow_redirects(false)
+            .timeout(t)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("an HTTP client");
+    }
+
+    /// Sends `sig` to the process, unless it has been seen to exit (then its pid may
+    /// belong to another process already).
+    fn send(&self, sig: libc::c_int) -> bool {
+        match (&self.child, self.exit) {
+            (Some(c), None) => signal(c, sig),
+            _ => false,
         }
     }
 
@@ -166,6 +193,7 @@ impl Node {
             cmd.spawn()
                 .map_err(|e| std::io::Error::other(format!("spawning {}: {e}", bin.display())))?,
         );
+        self.exit = None;
         self.paused = false;
         Ok(())
     }
@@ -175,6 +203,7 @@ impl Node {
     pub fn attach(&mut self, child: Child) {
         self.kill();
         self.child = Some(child);
+        self.exit = None;
     }
 
     /// Whether a process was started and has not been seen to exit.
@@ -195,8 +224,12 @@ impl Node {
     /// If the process has exited, takes it (the node is then not started) and returns how
     /// it exited; `None` while it runs, or if it was never started.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        let status = match self.exit {
+            Some(st) => st,
+            None => self.child.as_mut()?.try_wait().ok().flatten()?,
+        };
         self.child = None;
+        self.exit = None;
         self.paused = false;
         Some(status)
     }
@@ -204,26 +237,38 @@ impl Node {
     /// Whether the process is running. Unlike [`Node::exited`] this keeps an exited
     /// process, so a later [`Node::wait_exit`] still learns how it exited.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        if self.exit.is_some() {
+            return false;
+        }
+        let Some(c) = self.child.as_mut() else {
+            return false;
+        };
+        match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(st)) => {
+                self.exit = Some(st);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// SIGKILLs the process (resuming it first if paused) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            signal(&c, libc::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
+            if self.exit.is_none() {
+                signal(&c, libc::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
+        self.exit = None;
         self.paused = false;
     }
 
     /// Sends SIGTERM (a graceful stop); the caller waits for the exit.
     pub fn terminate(&self) -> bool {
-        self.child
-            .as_ref()
-            .is_some_and(|c| signal(c, libc::SIGTERM))
+        self.send(libc::SIGTERM)
     }
 
     /// Sends `sig` (e.g. `libc::SIGHUP`); false if the node is not running.
@@ -233,16 +278,12 @@ impl Node {
 
     /// SIGSTOP: the process stays, frozen.
     pub fn pause(&mut self) {
-        if let Some(c) = &self.child {
-            self.paused = signal(c, libc::SIGSTOP);
-        }
+        self.paused = self.send(libc::SIGSTOP);
     }
 
     /// SIGCONT after [`Node::pause`].
     pub fn resume(&mut self) {
-        if let Some(c) = &self.child {
-            signal(c, libc::SIGCONT);
-        }
+        self.send(libc::SIGCONT);
         self.paused = false;
     }
 

@@ -12,9 +12,6 @@ use hraftd_client::JoinRequest;
 use hraftd_store::JoinProof;
 use hraftd_store::PeerAuth;
 
-/// How long one `/join` request may take: the leader answers only once we have caught up.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Where to join, and as whom.
 pub struct Target<'a> {
     /// `-join`: HTTP addresses of members.
@@ -34,12 +31,14 @@ pub async fn join(
     deadline: Duration,
 ) -> anyhow::Result<u64> {
     // One client per target, so that every target is tried (and reported) each round.
+    // One request may take the whole deadline: the leader answers only once this node has
+    // caught up (within its own -catch-up-timeout, which this node cannot know).
     let targets = target.addrs;
     let clients = targets
         .iter()
         .map(|t| {
             let mut b = Client::builder([t.clone()])
-                .timeout(REQUEST_TIMEOUT)
+                .timeout(deadline)
                 .connect_timeout(Duration::from_secs(2));
             if let Some((user, password)) = target.credentials {
                 b = b.basic_auth(user, password);

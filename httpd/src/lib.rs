@@ -147,7 +147,10 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// Registers every route for store type `S`. The store and settings must be in app data.
-pub fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
+///
+/// Private: a `307`'s `Location` is completed by [`app`]'s middleware, so the routes are
+/// only served through `app`.
+fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
     let not_allowed = || web::route().to(method_not_allowed);
     cfg.service(
         web::resource("/key")

@@ -10,7 +10,8 @@
 //!
 //! Both loops, and the write loop's per-batch `propose` tasks, run as the node's [`Tasks`]
 //! and end on its stop signal: the write loop then proposes nothing more, drops what is
-//! still queued (never proposed, so its clients are told "shutting down") and drains the
+//! still queued (never proposed; its clients' futures end, which the store reports as an
+//! unknown outcome, since it cannot tell them from proposed ones) and drains the
 //! batches in flight, which end once Raft answers (at the latest when it shuts down).
 
 use std::collections::VecDeque;
@@ -242,7 +243,7 @@ async fn write_loop(
         }
     }
     // Stopping: refuse what comes from now on, drop what was never proposed (its clients
-    // are answered "shutting down"), and let the batches in flight finish: Raft answers
+    // see their futures end: an unknown outcome to the store), and let the batches in flight finish: Raft answers
     // them, at the latest when it shuts down; `Tasks::join` bounds the wait.
     rx.close();
     drop(queue);

@@ -679,8 +679,15 @@ impl Store {
         }
     }
 
+    /// What a failed proposal (a write or a membership change, already handed to Raft)
+    /// means. Raft stopping meanwhile leaves the outcome unknown: entries it had appended
+    /// may still commit under the next leader (found by review: this was "shutting down",
+    /// which says nothing was applied).
     fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Error {
         match e {
+            RaftError::Fatal(openraft::error::Fatal::Stopped) => Error::OutcomeUnknown {
+                what: "raft stopped while the change was in flight; it may still commit".into(),
+            },
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
                 leader: f.leader_node.or_else(|| self.leader()),
             },

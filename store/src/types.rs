@@ -14,12 +14,17 @@ use serde::Serialize;
 /// computes the same number for the same id.
 pub type NodeId = u64;
 
-/// What the cluster knows about one member: its user-facing id (`-id`; `"id"` on the
-/// wire) and the addresses it advertises to peers (`raft_addr`) and to clients
-/// (`http_addr`). Stored in the log and snapshots with bincode, which is positional: the
-/// field was once called `name`, and renaming it did not change the format.
+/// What the cluster knows about one member: its user-facing id (`-id`; `"id"` in the
+/// HTTP API's `NodeInfo`) and the addresses it advertises to peers (`raft_addr`) and to
+/// clients (`http_addr`).
+///
+/// The field `id` was once called `name`, and it keeps that name in serde: the log and the
+/// peer frames are bincode (positional, names do not matter), but a snapshot file's header
+/// (its membership among it) is JSON, and every snapshot and backup written before the
+/// rename says `"name"`. Renaming it there would make those unreadable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
+    #[serde(rename = "name")]
     pub id: String,
     pub raft_addr: String,
     pub http_addr: String,
@@ -164,6 +169,30 @@ mod tests {
         assert_ne!(raft_id_for("node0"), raft_id_for("node1"));
         // FNV-1a test vector: the empty string hashes to the offset basis.
         assert_eq!(raft_id_for(""), 0xcbf2_9ce4_8422_2325);
+    }
+
+    /// Found by review: snapshot headers and backups are JSON, and renaming `Node::name` to
+    /// `id` made every earlier one unreadable (and a node then dropped its own snapshot at
+    /// start-up). The JSON name stays `name`.
+    #[test]
+    fn members_in_snapshot_headers_written_before_the_rename_still_decode() {
+        let old = r#"{"name":"node0","raft_addr":"127.0.0.1:12000","http_addr":"127.0.0.1:11000"}"#;
+        let n: Node = serde_json::from_str(old).unwrap();
+        assert_eq!(n.id, "node0");
+        assert_eq!(serde_json::to_string(&n).unwrap(), old);
+        // And bincode, positional, is unchanged too.
+        #[derive(Serialize)]
+        struct OldNode {
+            name: String,
+            raft_addr: String,
+            http_addr: String,
+        }
+        let o = OldNode {
+            name: "node0".into(),
+            raft_addr: "127.0.0.1:12000".into(),
+            http_addr: "127.0.0.1:11000".into(),
+        };
+        assert_eq!(encode(&o).unwrap(), encode(&n).unwrap());
     }
 
     #[test]

@@ -140,6 +140,8 @@ impl TestCluster {
             self.tmp.path().join(format!("node{i}.log")),
         );
         node.args = self.extra_args.clone();
+        // Membership changes commit two configurations with fsyncs: slow on a loaded CI.
+        node.set_request_timeout(Duration::from_secs(15));
         self.nodes.push(node);
         i
     }
