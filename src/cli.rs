@@ -84,6 +84,19 @@ pub struct Args {
     /// The CA (PEM) that signs every member's peer certificate.
     #[arg(long = "peer-ca", value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
+    /// Serve the HTTP API over HTTPS with this certificate chain (PEM); with -tls-key.
+    /// Re-read on SIGHUP. The node then advertises `https://` + -hadv.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of -tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require HTTPS clients to present a certificate signed by this CA (PEM).
+    #[arg(long = "tls-client-ca", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA (PEM) to trust for `https://` -join addresses.
+    #[arg(long = "join-ca", value_name = "FILE")]
+    pub join_ca: Option<PathBuf>,
     /// Users and permissions: a JSON list of {"username","password_hash","perms"}
     /// (`hraftd hash-password` makes the hash; perms: read, write, admin, metrics; the
     /// username "*" without a hash gives anonymous clients' perms). Re-read on SIGHUP.

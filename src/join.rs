@@ -18,6 +18,8 @@ pub struct Target<'a> {
     pub addrs: &'a [String],
     /// `-join-as` and its password, for a cluster that uses `-auth`.
     pub credentials: Option<(&'a str, &'a str)>,
+    /// `-join-ca`: the CA (PEM) to trust for `https://` addresses.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Asks the cluster reachable at `target` to add this node, until `deadline` has passed.
@@ -42,6 +44,9 @@ pub async fn join(
                 .connect_timeout(Duration::from_secs(2));
             if let Some((user, password)) = target.credentials {
                 b = b.basic_auth(user, password);
+            }
+            if let Some(ca) = &target.ca {
+                b = b.ca_pem(ca.clone());
             }
             b.build()
         })

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use hraftd_httpd::auth::Auth;
+use hraftd_httpd::tls::Tls;
 use hraftd_httpd::Settings;
 use hraftd_store::Store;
 use tokio::net::TcpSocket;
@@ -67,18 +68,31 @@ fn hash_password(argv: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the `-auth` file on every SIGHUP; a file that does not parse leaves the users
-/// in force.
-async fn reload_on_sighup(auth: Arc<Auth>) {
+/// Re-reads the `-auth` file and the HTTPS certificate and key on every SIGHUP; what does
+/// not load leaves what is in force, and the log says which.
+async fn reload_on_sighup(auth: Option<Arc<Auth>>, tls: Option<Arc<Tls>>) {
     use tokio::signal::unix::signal;
     use tokio::signal::unix::SignalKind;
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return log::warn!("cannot watch SIGHUP; -auth will not be re-read");
+        return log::warn!("cannot watch SIGHUP; -auth and certificates will not be re-read");
     };
     while hup.recv().await.is_some() {
-        match auth.reload() {
-            Ok(n) => log::info!("SIGHUP: reloaded {n} users from {}", auth.path().display()),
-            Err(e) => log::warn!("SIGHUP: keeping the users in force: {e}"),
+        if let Some(auth) = &auth {
+            match auth.reload() {
+                Ok(n) => log::info!("SIGHUP: reloaded {n} users from {}", auth.path().display()),
+                Err(e) => log::warn!("SIGHUP: keeping the users in force: {e}"),
+            }
+        }
+        if let Some(tls) = &tls {
+            let (cert, key) = tls.files();
+            match tls.reload() {
+                Ok(()) => log::info!(
+                    "SIGHUP: loaded the certificate {} and key {}",
+                    cert.display(),
+                    key.display()
+                ),
+                Err(e) => log::warn!("SIGHUP: keeping the certificate in force: {e}"),
+            }
         }
     }
 }
@@ -116,8 +130,29 @@ async fn run() -> anyhow::Result<()> {
         return restore::run(args).await;
     }
     let args = Args::parse_go_style(argv)?;
-    // Users and permissions first: a file that does not parse is refused before anything
-    // is bound or created.
+    // HTTPS and users first: a file that does not load is refused before anything is bound
+    // or created.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Tls::load(cert, key, args.tls_client_ca.as_deref())
+                .map_err(|e| anyhow::anyhow!("-tls-cert/-tls-key: {e}"))?;
+            log::info!(
+                "HTTPS with {} and {}{}",
+                cert.display(),
+                key.display(),
+                if tls.requires_client_certs() {
+                    "; client certificates required"
+                } else {
+                    ""
+                }
+            );
+            Some(Arc::new(tls))
+        }
+        (None, None) if args.tls_client_ca.is_none() => None,
+        _ => anyhow::bail!(
+            "HTTPS needs both -tls-cert and -tls-key (and -tls-client-ca only with them)"
+        ),
+    };
     let auth = match &args.auth {
         Some(path) => {
             let auth = Auth::load(path).map_err(|e| anyhow::anyhow!("-auth: {e}"))?;
@@ -141,6 +176,12 @@ async fn run() -> anyhow::Result<()> {
         raft_listener.local_addr()?.port(),
         http_listener.local_addr()?.port(),
     )?;
+    // Members and clients learn from the advertised address that this node serves HTTPS
+    // (redirects to it, /status).
+    let hadv = match (&tls, hadv.starts_with("https://")) {
+        (Some(_), false) => format!("https://{hadv}"),
+        _ => hadv,
+    };
     log::info!(
         "node {id:?}: raft {radv}, http {hadv}, data {}",
         args.data_dir.display()
@@ -171,14 +212,14 @@ async fn run() -> anyhow::Result<()> {
     // The store owns the transport's task: `Store::shutdown` stops it and waits for it.
     store.serve_raft(raft_listener);
 
-    // 5. Serve the HTTP API (with the users loaded in step 1, re-read on SIGHUP).
-    if let Some(auth) = &auth {
-        tokio::spawn(reload_on_sighup(auth.clone()));
-    }
+    // 5. Serve the HTTP API (with the users and certificates loaded in step 1, re-read on
+    //    SIGHUP).
+    tokio::spawn(reload_on_sighup(auth.clone(), tls.clone()));
     let settings = Settings {
         body_limit: args.body_limit,
         max_key_bytes: args.max_key_bytes,
         auth,
+        tls,
         ..Settings::default()
     };
     let api = Arc::new(api::Api(store.clone()));
@@ -205,9 +246,14 @@ async fn run() -> anyhow::Result<()> {
         store.watch_removal_after(0);
     } else {
         let creds = cli::join_credentials(&args)?;
+        let ca = match &args.join_ca {
+            Some(f) => Some(std::fs::read(f).with_context(|| format!("-join-ca {}", f.display()))?),
+            None => None,
+        };
         let target = join::Target {
             addrs: &args.join,
             credentials: creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            ca,
         };
         match join::join(target, &id, &radv, &hadv, &join_key, args.join_timeout).await {
             Ok(index) => store.watch_removal_after(index),

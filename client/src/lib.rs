@@ -108,6 +108,10 @@ pub struct Builder {
     connect_timeout: Duration,
     follow_redirects: bool,
     credentials: Option<Credentials>,
+    /// PEM CA certificates trusted for `https://` endpoints (none: only plain HTTP works).
+    roots: Vec<Vec<u8>>,
+    /// PEM certificate and key presented to servers that require client certificates.
+    identity: Option<Vec<u8>>,
 }
 
 /// HTTP Basic credentials (`-auth`); sent on every hop, redirects included.
@@ -152,9 +156,31 @@ impl Builder {
         self
     }
 
+    /// Trusts the CA certificate(s) in `pem` for `https://` endpoints (`-join-ca`).
+    pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.roots.push(pem);
+        self
+    }
+
+    /// Presents the certificate and private key in `pem` (both, PEM) to servers that
+    /// require client certificates (`-tls-client-ca`).
+    pub fn identity_pem(mut self, pem: Vec<u8>) -> Self {
+        self.identity = Some(pem);
+        self
+    }
+
     pub fn build(self) -> Result<Client, reqwest::Error> {
         // Redirects are followed here, not by reqwest, so credentials go along.
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder().use_rustls_tls();
+        for pem in &self.roots {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        if let Some(pem) = &self.identity {
+            http = http.identity(reqwest::Identity::from_pem(pem)?);
+        }
+        let http = http
             .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
@@ -211,6 +237,8 @@ impl Client {
             connect_timeout: Duration::from_secs(2),
             follow_redirects: true,
             credentials: None,
+            roots: Vec::new(),
+            identity: None,
         }
     }
 

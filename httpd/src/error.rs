@@ -116,7 +116,7 @@ impl ResponseError for ApiError {
                 leader_http: Some(leader),
             } => {
                 // The path is added by the middleware; alone this still points at the leader.
-                resp.insert_header((header::LOCATION, format!("http://{leader}/")));
+                resp.insert_header((header::LOCATION, format!("{}/", base_url(leader))));
                 Some(leader.clone())
             }
             ApiError::NotLeader { leader_http: None } | ApiError::Unavailable(_) => {
@@ -145,6 +145,16 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The scheme and authority of a member's advertised HTTP address: a node that serves
+/// HTTPS advertises `https://host:port`; a bare `host:port` is plain HTTP.
+fn base_url(http_addr: &str) -> String {
+    if http_addr.starts_with("https://") || http_addr.starts_with("http://") {
+        http_addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{http_addr}")
+    }
+}
+
 /// What a redirect needs from the request it answers: its path and query.
 pub(crate) struct RequestTarget {
     path_and_query: String,
@@ -166,7 +176,7 @@ impl RequestTarget {
         let Some(RedirectTo(leader)) = resp.extensions().get::<RedirectTo>().cloned() else {
             return;
         };
-        let location = format!("http://{leader}{}", self.path_and_query);
+        let location = format!("{}{}", base_url(&leader), self.path_and_query);
         if let Ok(v) = header::HeaderValue::from_str(&location) {
             resp.headers_mut().insert(header::LOCATION, v);
         }

@@ -33,6 +33,7 @@ pub mod error;
 mod key;
 pub mod metrics;
 mod ops;
+pub mod tls;
 
 pub use error::ApiError;
 pub use hraftd_client::wire;
@@ -119,6 +120,8 @@ pub struct Settings {
     pub backup_deadline: std::time::Duration,
     /// Users and permissions (`-auth FILE`); `None`: every route is open.
     pub auth: Option<Arc<auth::Auth>>,
+    /// HTTPS (`-tls-cert`, `-tls-key`); `None`: plain HTTP.
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl Default for Settings {
@@ -128,6 +131,7 @@ impl Default for Settings {
             max_key_bytes: 4096,
             backup_deadline: std::time::Duration::from_secs(3600),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -263,12 +267,19 @@ pub async fn serve<S: KvStore>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let metrics = Arc::new(HttpMetrics::default());
+    let tls = settings.tls.clone();
     let server = HttpServer::new(move || app(store.clone(), settings.clone(), metrics.clone()))
         .workers(2)
         .disable_signals()
-        .shutdown_timeout(10)
-        .listen(listener)?
-        .run();
+        .shutdown_timeout(10);
+    let server = match tls {
+        Some(tls) => {
+            let config = tls.server_config().map_err(std::io::Error::other)?;
+            server.listen_rustls_0_23(listener, config)?
+        }
+        None => server.listen(listener)?,
+    }
+    .run();
     let handle = server.handle();
     tokio::pin!(server);
     tokio::select! {

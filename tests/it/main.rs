@@ -16,3 +16,4 @@ mod operations;
 mod readme;
 mod security;
 mod single_node;
+mod tls;

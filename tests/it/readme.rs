@@ -85,6 +85,8 @@ async fn readme_quick_start() {
         "DATA_DIR",
         "--data-dir",
         "--auth",
+        "--tls-cert",
+        "--join-ca",
         "--join-as",
         "hash-password",
     ] {

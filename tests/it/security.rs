@@ -303,13 +303,13 @@ async fn short_cluster_keys_are_refused_at_start_up() {
 }
 
 /// Certificates for mutual TLS: a CA and, per name, a certificate for 127.0.0.1.
-struct Pki {
-    ca_pem: String,
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -324,8 +324,9 @@ impl Pki {
         }
     }
 
-    /// Writes `<name>.crt`, `<name>.key` and `ca.crt` into `dir`; returns the flags.
-    fn node_flags(&self, dir: &Path, name: &str) -> Vec<String> {
+    /// Writes `<name>.crt`, `<name>.key` (for 127.0.0.1 and localhost, server and client
+    /// use) and `<name>-ca.crt` into `dir`; returns their paths.
+    pub(crate) fn files(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
@@ -343,6 +344,12 @@ impl Pki {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         std::fs::write(&ca, &self.ca_pem).unwrap();
+        (c, k, ca)
+    }
+
+    /// Writes a node's certificate files into `dir`; returns the mutual-TLS peer flags.
+    fn node_flags(&self, dir: &Path, name: &str) -> Vec<String> {
+        let (c, k, ca) = self.files(dir, name);
         let p = |p: PathBuf| p.display().to_string();
         vec![
             "-peer-cert".into(),
