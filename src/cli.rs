@@ -94,7 +94,12 @@ pub struct Args {
     /// Require HTTPS clients to present a certificate signed by this CA (PEM).
     #[arg(long = "tls-client-ca", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
-    /// The CA (PEM) to trust for `https://` -join addresses.
+    /// On a follower, forward leader-only requests to the leader and return its answer
+    /// (with the client's credentials), instead of a 307; per request: `X-Hraftd-Forward: 1`.
+    #[arg(long)]
+    pub forward: bool,
+    /// The CA (PEM) to trust for `https://` -join addresses (and for forwarding to an
+    /// HTTPS leader).
     #[arg(long = "join-ca", value_name = "FILE")]
     pub join_ca: Option<PathBuf>,
     /// Users and permissions: a JSON list of {"username","password_hash","perms"}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use hraftd_httpd::auth::Auth;
+use hraftd_httpd::forward::Forwarder;
 use hraftd_httpd::tls::Tls;
 use hraftd_httpd::Settings;
 use hraftd_store::Store;
@@ -66,6 +67,28 @@ fn hash_password(argv: &[String]) -> anyhow::Result<()> {
     let hash = hraftd_httpd::auth::hash_password(password).map_err(anyhow::Error::msg)?;
     println!("{hash}");
     Ok(())
+}
+
+/// How this node forwards leader-only requests (always with `-forward`, else when a client
+/// asks with `X-Hraftd-Forward: 1`): trusting `-join-ca` for an HTTPS leader, and with
+/// this node's own certificate where the cluster requires client certificates.
+fn forwarder(args: &Args) -> anyhow::Result<Forwarder> {
+    let roots = match &args.join_ca {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("-join-ca {}", f.display()))?),
+        None => None,
+    };
+    let identity = match (&args.tls_client_ca, &args.tls_cert, &args.tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let mut pem = std::fs::read(cert).with_context(|| cert.display().to_string())?;
+            pem.extend(std::fs::read(key).with_context(|| key.display().to_string())?);
+            Some(pem)
+        }
+        _ => None,
+    };
+    // The leader waits up to -write-timeout for a write, as long for a consistent read.
+    let timeout = args.write_timeout * 2 + Duration::from_secs(1);
+    Forwarder::new(args.forward, roots.as_deref(), identity.as_deref(), timeout)
+        .map_err(|e| anyhow::anyhow!("setting up forwarding: {e}"))
 }
 
 /// Re-reads the `-auth` file and the HTTPS certificate and key on every SIGHUP; what does
@@ -215,11 +238,13 @@ async fn run() -> anyhow::Result<()> {
     // 5. Serve the HTTP API (with the users and certificates loaded in step 1, re-read on
     //    SIGHUP).
     tokio::spawn(reload_on_sighup(auth.clone(), tls.clone()));
+    let forward = forwarder(&args)?;
     let settings = Settings {
         body_limit: args.body_limit,
         max_key_bytes: args.max_key_bytes,
         auth,
         tls,
+        forward: Some(Arc::new(forward)),
         ..Settings::default()
     };
     let api = Arc::new(api::Api(store.clone()));

@@ -147,12 +147,17 @@ impl ResponseError for ApiError {
 
 /// The scheme and authority of a member's advertised HTTP address: a node that serves
 /// HTTPS advertises `https://host:port`; a bare `host:port` is plain HTTP.
-fn base_url(http_addr: &str) -> String {
+pub(crate) fn base_url(http_addr: &str) -> String {
     if http_addr.starts_with("https://") || http_addr.starts_with("http://") {
         http_addr.trim_end_matches('/').to_string()
     } else {
         format!("http://{http_addr}")
     }
+}
+
+/// The leader a redirect made by `ApiError::error_response` points to, if `resp` is one.
+pub(crate) fn redirect_target<B>(resp: &HttpResponse<B>) -> Option<String> {
+    resp.extensions().get::<RedirectTo>().map(|r| r.0.clone())
 }
 
 /// What a redirect needs from the request it answers: its path and query.

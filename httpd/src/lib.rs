@@ -30,6 +30,7 @@ use actix_web::HttpServer;
 pub mod auth;
 mod cluster;
 pub mod error;
+pub mod forward;
 mod key;
 pub mod metrics;
 mod ops;
@@ -122,6 +123,9 @@ pub struct Settings {
     pub auth: Option<Arc<auth::Auth>>,
     /// HTTPS (`-tls-cert`, `-tls-key`); `None`: plain HTTP.
     pub tls: Option<Arc<tls::Tls>>,
+    /// Forwarding of leader-only requests (`-forward`, `X-Hraftd-Forward: 1`); `None`:
+    /// followers always redirect.
+    pub forward: Option<Arc<forward::Forwarder>>,
 }
 
 impl Default for Settings {
@@ -132,6 +136,7 @@ impl Default for Settings {
             backup_deadline: std::time::Duration::from_secs(3600),
             auth: None,
             tls: None,
+            forward: None,
         }
     }
 }
@@ -234,7 +239,9 @@ pub fn app<S: KvStore>(
         .app_data(web::Data::from(metrics))
         .configure(routes::<S>)
         .default_service(web::route().to(not_found))
-        // Inside the metrics wrapper, so refusals are counted too.
+        // Forwarding inside authentication (a client is checked here, then again by the
+        // leader), both inside the metrics wrapper, so refusals are counted too.
+        .wrap(actix_web::middleware::from_fn(forward::forward))
         .wrap(actix_web::middleware::from_fn(auth::authorize))
         .wrap_fn(move |req, srv| {
             let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());

@@ -16,7 +16,7 @@ use crate::common::TestCluster;
 use crate::common::DEADLINE;
 
 /// `hraftd hash-password` with `password` on stdin.
-fn hash(password: &str) -> String {
+pub(crate) fn hash(password: &str) -> String {
     let mut child = Command::new(bin())
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -32,7 +32,7 @@ fn hash(password: &str) -> String {
     h
 }
 
-fn auth_file(users: &[(&str, &str, &[&str])], anonymous: &[&str]) -> String {
+pub(crate) fn auth_file(users: &[(&str, &str, &[&str])], anonymous: &[&str]) -> String {
     let mut entries: Vec<String> = users
         .iter()
         .map(|(u, h, perms)| {

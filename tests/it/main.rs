@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 mod durability;
 mod failover;
+mod forward;
 mod hardening;
 mod join;
 mod membership;
