@@ -34,6 +34,10 @@ use crate::error::ApiError;
 pub const HEADER: &str = "X-Hraftd-Forward";
 /// The response header naming the leader that answered a forwarded request.
 pub const FORWARDED_BY: &str = "X-Hraftd-Forwarded-By";
+/// Marks a request a follower forwarded: it is never forwarded again, so two nodes that
+/// each think the other leads cannot pass a request back and forth (the second answers
+/// `307`, which the first turns into `503` `no_leader`).
+pub const FORWARDED: &str = "X-Hraftd-Forwarded";
 
 /// How this node forwards: always or on request, and the HTTP client it uses.
 #[derive(Debug, Clone)]
@@ -76,7 +80,7 @@ impl Forwarder {
 
 fn wants_forwarding(req: &ServiceRequest, f: &Forwarder) -> bool {
     // A backup can be gigabytes: it is redirected, never held here to be passed on.
-    if req.path() == "/backup" {
+    if req.path() == "/backup" || req.headers().contains_key(FORWARDED) {
         return false;
     }
     f.always
@@ -120,7 +124,8 @@ pub async fn forward(
         .iter()
         .filter(|(name, _)| {
             [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT].contains(name)
-                || (name.as_str().starts_with("x-hraftd-") && name.as_str() != "x-hraftd-forward")
+                || (name.as_str().starts_with("x-hraftd-")
+                    && !["x-hraftd-forward", "x-hraftd-forwarded"].contains(&name.as_str()))
         })
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
@@ -149,7 +154,11 @@ async fn send(
     let url = format!("{}{path_and_query}", crate::error::base_url(leader));
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|e| ApiError::BadRequest(format!("method: {e}")))?;
-    let mut req = fwd.client.request(method, &url).body(body.to_vec());
+    let mut req = fwd
+        .client
+        .request(method, &url)
+        .header(FORWARDED, "1")
+        .body(body.to_vec());
     for (n, v) in headers {
         req = req.header(n.as_str(), v.as_bytes());
     }
