@@ -3,9 +3,11 @@
 //! Every write that openraft relies on for safety is fsynced before openraft is told it is
 //! durable. Votes and truncations are synchronous (fsynced) write batches. Appends are
 //! written at once (so replication can read them) and then fsynced by a dedicated thread,
-//! which calls openraft's `LogFlushed` callback only after the WAL sync returns: the
-//! leader's fsync then overlaps with replication to followers instead of preceding it,
-//! and appends that queue up behind one sync share the next.
+//! which calls openraft's `LogFlushed` callback only after the WAL sync returns, and lets
+//! appends that queue up behind one sync share the next. (openraft 0.9.25's core waits for
+//! each append's callback before its next command, so in practice one append waits at a
+//! time and the leader's fsync precedes replication of that entry; the thread keeps the
+//! sync off openraft's task and is ready for a core that pipelines appends.)
 //!
 //! A purge beyond what the state machine has applied is deferred (see `LogStore::purge`):
 //! recorded durably, then carried out by a background task that waits on the state
