@@ -120,10 +120,35 @@ async fn an_https_cluster_keeps_https_in_redirects_and_rotates_certificates() {
     );
     assert!(first.status().await.is_ok());
 
-    // Rotation: node0 gets a certificate from another CA on SIGHUP; new connections see
-    // it (a client trusting only the new CA connects, one trusting only the old does not).
+    // Rotation under load: clients that trust both CAs keep writing, each request on a new
+    // connection (a new handshake), while node0 gets a certificate from another CA on
+    // SIGHUP; not one request fails. Afterwards new connections see the new certificate
+    // (a client trusting only the new CA connects, one trusting only the old does not).
     let other = Pki::new();
     let (new_cert, new_key, new_ca) = other.files(dir, "rotated");
+    let both = [std::fs::read(&ca).unwrap(), std::fs::read(&new_ca).unwrap()];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (endpoint, both, stop) = (https(&c.nodes[0]), both.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || ok < 20 {
+                let fresh = Client::builder([endpoint.clone()])
+                    .ca_pem(both[0].clone())
+                    .ca_pem(both[1].clone())
+                    .build()
+                    .unwrap();
+                match fresh.put(&format!("load{ok}"), "v").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                if failed.len() > 100 {
+                    break;
+                }
+            }
+            (ok, failed)
+        })
+    };
     std::fs::copy(&new_cert, dir.join("node0.crt")).unwrap();
     std::fs::copy(&new_key, dir.join("node0.key")).unwrap();
     assert!(c.nodes[0].signal(libc::SIGHUP));
@@ -134,6 +159,14 @@ async fn an_https_cluster_keeps_https_in_redirects_and_rotates_certificates() {
     })
     .await;
     loaded.unwrap_or_else(|e| panic!("{e}\n{}", c.logs(20)));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
     let rotated = client(https(&c.nodes[0]), &new_ca);
     assert!(
         rotated.status().await.is_ok(),
