@@ -100,6 +100,8 @@ pub struct Node {
     /// Does not follow redirects, so a caller sees exactly what this node answers; pointed
     /// at the node's current `http` for each use ([`Node::client`]).
     base: Client,
+    /// Whether the node serves HTTPS (`-tls-cert`): its client then uses `https://`.
+    pub https: bool,
 }
 
 impl Node {
@@ -130,7 +132,14 @@ impl Node {
             exit: None,
             paused: false,
             base,
+            https: false,
         }
+    }
+
+    /// Replaces the client this node is observed with (e.g. one that trusts a test CA);
+    /// it should not follow redirects.
+    pub fn set_client(&mut self, base: Client) {
+        self.base = base;
     }
 
     /// How long each request of [`Node::client`] may take (a fault injector wants it short,
@@ -153,14 +162,20 @@ impl Node {
         }
     }
 
-    /// `http://<http addr><path>`.
+    /// `http://<http addr><path>` (`https://` when the node serves HTTPS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("{}{path}", self.endpoint())
+    }
+
+    /// The node's HTTP endpoint with its scheme.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
     }
 
     /// A client of this node alone (no redirects followed).
     pub fn client(&self) -> Client {
-        self.base.to([self.http.clone()])
+        self.base.to([self.endpoint()])
     }
 
     /// Starts the process of `bin` (again): `-id -haddr -raddr`, `-join` when `join` is

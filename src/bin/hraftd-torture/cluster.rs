@@ -101,7 +101,7 @@ impl Cluster {
         let others: Vec<String> = if join {
             (0..self.nodes.len())
                 .filter(|j| *j != i)
-                .map(|j| self.nodes[j].http.clone())
+                .map(|j| self.nodes[j].endpoint())
                 .collect()
         } else {
             Vec::new()

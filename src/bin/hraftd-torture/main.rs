@@ -13,6 +13,7 @@ mod cluster;
 mod hostile;
 mod nemesis;
 mod net;
+mod secure;
 mod workload;
 
 use std::path::PathBuf;
@@ -53,6 +54,17 @@ struct Args {
     /// must all be refused unread.
     #[arg(long)]
     cluster_key: bool,
+    /// Serve every node's HTTP API over HTTPS (a CA and certificates made for the run
+    /// with `openssl`); clients and joins use it.
+    #[arg(long)]
+    tls: bool,
+    /// Run every node with users (`-auth`): the workload writes as a read+write user,
+    /// churn joins and removes as the admin.
+    #[arg(long)]
+    auth: bool,
+    /// Run every node with `-forward` (followers forward leader-only requests).
+    #[arg(long)]
+    forward: bool,
     /// Where to write the report and, on a violation, the offending histories.
     #[arg(long, default_value = "torture-out")]
     out: PathBuf,
@@ -133,6 +145,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         flags.extend(["-cluster-key", key_arg.as_str()]);
         println!("torture: peers authenticate with a cluster key");
     }
+    let auth_arg;
+    let mut access = workload::Access::default();
+    if args.auth {
+        let (file, a) = secure::users(&bin, tmp.path())?;
+        auth_arg = file.display().to_string();
+        flags.extend(["-auth", auth_arg.as_str(), "-join-as", "admin"]);
+        access = a;
+        println!("torture: clients authenticate (-auth); the workload is a read+write user");
+    }
+    if args.forward {
+        flags.push("-forward");
+        println!("torture: followers forward leader-only requests (-forward)");
+    }
     let mut cluster = cluster::Cluster::new(
         bin,
         tmp.path().to_path_buf(),
@@ -140,6 +165,30 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.nodes,
         &flags,
     );
+    if args.tls {
+        let (per_node, ca) = secure::certificates(tmp.path(), &cluster.ips())?;
+        for (n, f) in cluster.nodes.iter_mut().zip(per_node) {
+            n.args.extend(f);
+            n.https = true;
+        }
+        access.ca = Some(ca);
+        println!("torture: HTTPS on every node (a CA made for the run)");
+    }
+    if let Some((_, pw)) = &access.admin {
+        for n in cluster.nodes.iter_mut() {
+            n.env.push(("HRAFTD_JOIN_PASSWORD".into(), pw.clone()));
+        }
+    }
+    workload::configure(access);
+    // The harness watches status with the run's CA (anonymously: "*" may read).
+    for n in cluster.nodes.iter_mut() {
+        let observer = workload::builder(false)
+            .follow_redirects(false)
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .context("an HTTP client")?;
+        n.set_client(observer);
+    }
     cluster.keep_logs = Some(args.out.join("logs"));
     cluster.start_all().await?;
     println!("torture: cluster of {} up", args.nodes);

@@ -237,10 +237,11 @@ impl<'a> Nemesis<'a> {
             return fault("churn skipped (no leader)");
         };
         let leader_fault = leader == i;
-        let remover = hraftd_client::Client::builder([c.nodes[leader].http.clone()])
+        let remover = workload::builder(true)
             .timeout(Duration::from_secs(20))
             .build()
-            .expect("an HTTP client");
+            .expect("an HTTP client")
+            .to([workload::endpoint(&c.nodes[leader].http)]);
         let removed = remover.remove(&c.nodes[i].id).await.is_ok();
         if !removed {
             // The answer was lost, but the removal may have committed: then the node
@@ -314,7 +315,7 @@ pub async fn negative_control(
     if workload::run_op(&http, &history, 0, &lead, &key, write("c1")).await != Outcome::Ok {
         anyhow::bail!("negative control: first write failed");
     }
-    let stale = http.to([follower]);
+    let stale = http.to([workload::endpoint(&follower)]);
     let start = Instant::now();
     loop {
         let seen = stale.get(&key, ReadLevel::Stale).await.ok().flatten();
@@ -392,7 +393,11 @@ pub async fn convergence(c: &Cluster, keys: &[String], deadline: Duration) -> Co
         'keys: for key in keys {
             let mut first: Option<Option<String>> = None;
             for n in &c.nodes {
-                let v = match http.to([n.http.clone()]).get(key, ReadLevel::Stale).await {
+                let v = match http
+                    .to([workload::endpoint(&n.http)])
+                    .get(key, ReadLevel::Stale)
+                    .await
+                {
                     Ok(v) => v,
                     Err(_) => Some("<unreachable>".into()),
                 };

@@ -57,25 +57,69 @@ impl History {
     }
 }
 
-/// A typed client that follows 307s to the leader (like `curl -L`); pointed at one node
-/// per operation with [`Client::to`].
-pub fn client() -> Client {
-    Client::builder(Vec::<String>::new())
+/// How clients reach the nodes: HTTPS with the run's CA, and as which user (`--tls`,
+/// `--auth`). Set once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub ca: Option<Vec<u8>>,
+    pub user: Option<(String, String)>,
+    pub admin: Option<(String, String)>,
+}
+
+static ACCESS: std::sync::OnceLock<Access> = std::sync::OnceLock::new();
+
+/// Sets how clients reach the nodes (before any client is made).
+pub fn configure(access: Access) {
+    let _ = ACCESS.set(access);
+}
+
+fn access() -> Access {
+    ACCESS.get().cloned().unwrap_or_default()
+}
+
+/// A client builder with the run's CA and, with `as_admin`, the admin's credentials
+/// (else the workload user's).
+pub fn builder(as_admin: bool) -> hraftd_client::Builder {
+    let a = access();
+    let mut b = Client::builder(Vec::<String>::new())
         .timeout(OP_TIMEOUT)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("http client")
+        .connect_timeout(Duration::from_secs(1));
+    if let Some(ca) = a.ca {
+        b = b.ca_pem(ca);
+    }
+    if let Some((u, p)) = if as_admin { a.admin } else { a.user } {
+        b = b.basic_auth(u, p);
+    }
+    b
+}
+
+/// A typed client that follows 307s to the leader (like `curl -L`); pointed at one node
+/// per operation with [`Client::to`] and [`endpoint`].
+pub fn client() -> Client {
+    builder(false).build().expect("http client")
+}
+
+/// A node's HTTP address as an endpoint: `https://` with `--tls`.
+pub fn endpoint(http: &str) -> String {
+    if access().ca.is_some() {
+        format!("https://{http}")
+    } else {
+        http.to_string()
+    }
 }
 
 /// Classifies a write or delete. Only answers that prove the request never reached the
-/// log are failures (a refusal in the 4xx range, "no leader known", or a connection that
-/// was never made); anything else unclear is indeterminate.
+/// log are failures: a refusal in the 4xx range, `no_leader` or `unavailable` (the store
+/// answers these only before proposing: no leader, a full queue, stopping; a forwarding
+/// follower only when the leader could not be reached), or a connection that was never
+/// made. Anything else unclear (`outcome_unknown`, `timeout`, 5xx, a lost answer) is
+/// indeterminate.
 fn write_outcome(res: &Result<u64, client::Error>) -> Outcome {
     match res {
         Ok(_) => Outcome::Ok,
         Err(e) if e.is_connect() => Outcome::Fail,
         Err(e) => match (e.status(), e.code()) {
-            (_, Some(ErrorCode::NoLeader)) => Outcome::Fail,
+            (_, Some(ErrorCode::NoLeader | ErrorCode::Unavailable)) => Outcome::Fail,
             (Some(s), _) if (400..500).contains(&s) && s != 408 => Outcome::Fail,
             _ => Outcome::Info,
         },
@@ -91,7 +135,7 @@ pub async fn run_op(
     key: &str,
     kind: OpKind,
 ) -> Outcome {
-    let http = http.to([node]);
+    let http = http.to([endpoint(node)]);
     let invoke = history.now();
     let (kind, outcome) = match kind {
         OpKind::Write(v) => {
