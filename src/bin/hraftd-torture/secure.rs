@@ -14,6 +14,16 @@ use anyhow::Result;
 
 use crate::workload::Access;
 
+/// `openssl req` arguments that make a new P-256 key (unencrypted) with the request.
+const NEW_EC_KEY: [&str; 6] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+];
+
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     let out = Command::new("openssl")
         .args(args)
@@ -36,22 +46,19 @@ pub fn certificates(dir: &Path, ips: &[&str]) -> Result<(Vec<Vec<String>>, Vec<u
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hraftd-torture CA",
-        ],
+            &["req", "-x509"][..],
+            &NEW_EC_KEY,
+            &[
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=hraftd-torture CA",
+            ],
+        ]
+        .concat(),
     )?;
     let mut flags = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
@@ -70,19 +77,11 @@ pub fn certificates(dir: &Path, ips: &[&str]) -> Result<(Vec<Vec<String>>, Vec<u
         openssl(
             dir,
             &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=n{i}"),
-            ],
+                &["req"][..],
+                &NEW_EC_KEY,
+                &[key.as_str(), "-out", &csr, "-subj", &format!("/CN=n{i}")],
+            ]
+            .concat(),
         )?;
         openssl(
             dir,
