@@ -396,6 +396,24 @@ async fn bad_input_is_400_and_changes_nothing() {
             "non-empty",
         ),
         (Method::POST, "/remove", "nope", "malformed"),
+        (
+            Method::POST,
+            "/join",
+            r#"{"id":"n1","addr":"\u0001\u00e9:1","http_addr":"h:2"}"#,
+            "not host:port",
+        ),
+        (
+            Method::POST,
+            "/join",
+            r#"{"id":"n1","addr":"h:99999","http_addr":"h:2"}"#,
+            "not host:port",
+        ),
+        (
+            Method::POST,
+            "/join",
+            r#"{"id":"n1","addr":"h:1","http_addr":"ftp://h:2"}"#,
+            "not host:port",
+        ),
     ] {
         let (s, v) = req(&f, method.clone(), uri, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri} {body:?} -> {v}");
