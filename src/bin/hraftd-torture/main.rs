@@ -203,7 +203,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // 5. Workload under faults.
     let history = workload::History::new();
     let stop = Arc::new(AtomicBool::new(false));
-    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint()).collect();
     let load = tokio::spawn(workload::run(
         prefix.clone(),
         nodes,
@@ -224,7 +224,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // 7. Final consistent reads of every key, part of the history.
     let http = workload::client();
     for key in &keys {
-        let node = cluster.nodes[leader].http.clone();
+        let node = cluster.nodes[leader].endpoint();
         for _ in 0..20 {
             let got = workload::run_op(
                 &http,

@@ -241,7 +241,7 @@ impl<'a> Nemesis<'a> {
             .timeout(Duration::from_secs(20))
             .build()
             .expect("an HTTP client")
-            .to([workload::endpoint(&c.nodes[leader].http)]);
+            .to([c.nodes[leader].endpoint()]);
         let removed = remover.remove(&c.nodes[i].id).await.is_ok();
         if !removed {
             // The answer was lost, but the removal may have committed: then the node
@@ -309,13 +309,13 @@ pub async fn negative_control(
     let f = (leader + 1) % c.nodes.len();
     let history = History::new();
     let http = workload::client();
-    let lead = c.nodes[leader].http.clone();
-    let follower = c.nodes[f].http.clone();
+    let lead = c.nodes[leader].endpoint();
+    let follower = c.nodes[f].endpoint();
     let write = |v: &str| OpKind::Write(v.to_string());
     if workload::run_op(&http, &history, 0, &lead, &key, write("c1")).await != Outcome::Ok {
         anyhow::bail!("negative control: first write failed");
     }
-    let stale = http.to([workload::endpoint(&follower)]);
+    let stale = http.to([follower]);
     let start = Instant::now();
     loop {
         let seen = stale.get(&key, ReadLevel::Stale).await.ok().flatten();
@@ -393,11 +393,7 @@ pub async fn convergence(c: &Cluster, keys: &[String], deadline: Duration) -> Co
         'keys: for key in keys {
             let mut first: Option<Option<String>> = None;
             for n in &c.nodes {
-                let v = match http
-                    .to([workload::endpoint(&n.http)])
-                    .get(key, ReadLevel::Stale)
-                    .await
-                {
+                let v = match http.to([n.endpoint()]).get(key, ReadLevel::Stale).await {
                     Ok(v) => v,
                     Err(_) => Some("<unreachable>".into()),
                 };

@@ -94,18 +94,10 @@ pub fn builder(as_admin: bool) -> hraftd_client::Builder {
 }
 
 /// A typed client that follows 307s to the leader (like `curl -L`); pointed at one node
-/// per operation with [`Client::to`] and [`endpoint`].
+/// per operation with [`Client::to`] and the node's endpoint (`harness::Node::endpoint`,
+/// which knows whether it serves HTTPS).
 pub fn client() -> Client {
     builder(false).build().expect("http client")
-}
-
-/// A node's HTTP address as an endpoint: `https://` with `--tls`.
-pub fn endpoint(http: &str) -> String {
-    if access().ca.is_some() {
-        format!("https://{http}")
-    } else {
-        http.to_string()
-    }
 }
 
 /// Classifies a write or delete. Only answers that prove the request never reached the
@@ -126,7 +118,7 @@ fn write_outcome(res: &Result<u64, client::Error>) -> Outcome {
     }
 }
 
-/// Performs one operation against `node` (an HTTP address) and records it.
+/// Performs one operation against `node` (an endpoint with its scheme) and records it.
 pub async fn run_op(
     http: &Client,
     history: &History,
@@ -135,7 +127,7 @@ pub async fn run_op(
     key: &str,
     kind: OpKind,
 ) -> Outcome {
-    let http = http.to([endpoint(node)]);
+    let http = http.to([node]);
     let invoke = history.now();
     let (kind, outcome) = match kind {
         OpKind::Write(v) => {
