@@ -212,8 +212,11 @@ pub struct Client {
     credentials: Option<Credentials>,
 }
 
-/// `http://` prefixed to a bare `host:port` (`:port` is this host).
-fn base_url(endpoint: &str) -> String {
+/// The scheme and authority to send requests to for an endpoint or a member's advertised
+/// HTTP address: kept as it is with `http://` or `https://` (a node that serves HTTPS
+/// advertises `https://host:port`), else `http://` before a bare `host:port` (`:port` is
+/// this host). The server uses it too, for redirects and forwarding.
+pub fn base_url(endpoint: &str) -> String {
     if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         return endpoint.trim_end_matches('/').to_string();
     }

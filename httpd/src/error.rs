@@ -12,6 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
 use actix_web::ResponseError;
+use hraftd_client::base_url;
 use hraftd_client::wire::ErrorBody;
 use hraftd_client::wire::ErrorCode;
 
@@ -142,16 +143,6 @@ impl ResponseError for ApiError {
             resp.extensions_mut().insert(RedirectTo(l));
         }
         resp
-    }
-}
-
-/// The scheme and authority of a member's advertised HTTP address: a node that serves
-/// HTTPS advertises `https://host:port`; a bare `host:port` is plain HTTP.
-pub(crate) fn base_url(http_addr: &str) -> String {
-    if http_addr.starts_with("https://") || http_addr.starts_with("http://") {
-        http_addr.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{http_addr}")
     }
 }
 

@@ -151,7 +151,7 @@ async fn send(
     body: web::Bytes,
     headers: &[(header::HeaderName, header::HeaderValue)],
 ) -> Result<HttpResponse, ApiError> {
-    let url = format!("{}{path_and_query}", crate::error::base_url(leader));
+    let url = format!("{}{path_and_query}", hraftd_client::base_url(leader));
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|e| ApiError::BadRequest(format!("method: {e}")))?;
     let mut req = fwd
