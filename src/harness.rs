@@ -77,6 +77,16 @@ fn signal(child: &Child, sig: libc::c_int) -> bool {
     unsafe { libc::kill(child.id() as libc::pid_t, sig) == 0 }
 }
 
+/// A client that watches one node: no redirects followed, requests cut off after `t`.
+fn observer(t: Duration) -> Client {
+    Client::builder(Vec::<String>::new())
+        .follow_redirects(false)
+        .timeout(t)
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// One hraftd process (running or not) and everything needed to (re)start it.
 pub struct Node {
     /// The member id (`-id`).
@@ -114,12 +124,7 @@ impl Node {
         dir: PathBuf,
         log: PathBuf,
     ) -> Node {
-        let base = Client::builder(Vec::<String>::new())
-            .follow_redirects(false)
-            .timeout(Duration::from_secs(2))
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("an HTTP client");
+        let base = observer(Duration::from_secs(2));
         Node {
             id: id.into(),
             http: http.into(),
@@ -145,12 +150,7 @@ impl Node {
     /// How long each request of [`Node::client`] may take (a fault injector wants it short,
     /// so a frozen node does not stall it; a test that removes members wants it long).
     pub fn set_request_timeout(&mut self, t: Duration) {
-        self.base = Client::builder(Vec::<String>::new())
-            .follow_redirects(false)
-            .timeout(t)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("an HTTP client");
+        self.base = observer(t);
     }
 
     /// Sends `sig` to the process, unless it has been seen to exit (then its pid may
