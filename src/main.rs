@@ -72,11 +72,7 @@ fn hash_password(argv: &[String]) -> anyhow::Result<()> {
 /// How this node forwards leader-only requests (always with `-forward`, else when a client
 /// asks with `X-Hraftd-Forward: 1`): trusting `-join-ca` for an HTTPS leader, and with
 /// this node's own certificate where the cluster requires client certificates.
-fn forwarder(args: &Args) -> anyhow::Result<Forwarder> {
-    let roots = match &args.join_ca {
-        Some(f) => Some(std::fs::read(f).with_context(|| format!("-join-ca {}", f.display()))?),
-        None => None,
-    };
+fn forwarder(args: &Args, roots: Option<&[u8]>) -> anyhow::Result<Forwarder> {
     let identity = match (&args.tls_client_ca, &args.tls_cert, &args.tls_key) {
         (Some(_), Some(cert), Some(key)) => {
             let mut pem = std::fs::read(cert).with_context(|| cert.display().to_string())?;
@@ -87,7 +83,7 @@ fn forwarder(args: &Args) -> anyhow::Result<Forwarder> {
     };
     // The leader waits up to -write-timeout for a write, as long for a consistent read.
     let timeout = args.write_timeout * 2 + Duration::from_secs(1);
-    Forwarder::new(args.forward, roots.as_deref(), identity.as_deref(), timeout)
+    Forwarder::new(args.forward, roots, identity.as_deref(), timeout)
         .map_err(|e| anyhow::anyhow!("setting up forwarding: {e}"))
 }
 
@@ -191,6 +187,13 @@ async fn run() -> anyhow::Result<()> {
         }
     };
 
+    // The cluster's CA (for https:// joins and forwarding) and the forwarder, likewise.
+    let join_ca = match &args.join_ca {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("-join-ca {}", f.display()))?),
+        None => None,
+    };
+    let forward = forwarder(&args, join_ca.as_deref())?;
+
     // 2. Listeners first: a busy port fails fast, before any state is touched.
     let raft_listener = listen(&args.raddr, "raft").await?;
     let http_listener = listen(&args.haddr, "HTTP").await?;
@@ -238,7 +241,6 @@ async fn run() -> anyhow::Result<()> {
     // 5. Serve the HTTP API (with the users and certificates loaded in step 1, re-read on
     //    SIGHUP).
     tokio::spawn(reload_on_sighup(auth.clone(), tls.clone()));
-    let forward = forwarder(&args)?;
     let settings = Settings {
         body_limit: args.body_limit,
         max_key_bytes: args.max_key_bytes,
@@ -271,14 +273,10 @@ async fn run() -> anyhow::Result<()> {
         store.watch_removal_after(0);
     } else {
         let creds = cli::join_credentials(&args)?;
-        let ca = match &args.join_ca {
-            Some(f) => Some(std::fs::read(f).with_context(|| format!("-join-ca {}", f.display()))?),
-            None => None,
-        };
         let target = join::Target {
             addrs: &args.join,
             credentials: creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-            ca,
+            ca: join_ca.clone(),
         };
         match join::join(target, &id, &radv, &hadv, &join_key, args.join_timeout).await {
             Ok(index) => store.watch_removal_after(index),
