@@ -1,5 +1,5 @@
 //! Forwarding for clients that cannot follow a redirect (`-forward`, or per request
-//! `X-Hraftd-Forward: 1`): a follower sends a leader-only request to the leader itself and
+//! `X-Hraftd-Forward: 1`; `X-Hraftd-Forward: 0` opts a request out of `-forward`): a follower sends a leader-only request to the leader itself and
 //! returns the leader's answer, instead of the `307` it would give.
 //!
 //! It is one middleware ([`forward`]), inside authentication: the follower checks the
@@ -83,11 +83,13 @@ fn wants_forwarding(req: &ServiceRequest, f: &Forwarder) -> bool {
     if req.path() == "/backup" || req.headers().contains_key(FORWARDED) {
         return false;
     }
-    f.always
-        || req
-            .headers()
-            .get(HEADER)
-            .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"))
+    // The header decides per request either way (`0` opts out of `-forward`, e.g. for a
+    // client that follows redirects itself); without it, `-forward` does.
+    match req.headers().get(HEADER).map(|v| v.as_bytes()) {
+        Some(v) if v == b"1" || v.eq_ignore_ascii_case(b"true") => true,
+        Some(v) if v == b"0" || v.eq_ignore_ascii_case(b"false") => false,
+        _ => f.always,
+    }
 }
 
 /// The middleware (see the module docs).

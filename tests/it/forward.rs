@@ -34,15 +34,15 @@ async fn send(
     path: &str,
     body: &str,
     user: (&str, &str),
-    forward: bool,
+    forward: impl Into<Option<&str>>,
 ) -> reqwest::Response {
     let mut req = c
         .client
         .request(method, c.nodes[i].url(path))
         .basic_auth(user.0, Some(user.1))
         .body(body.to_string());
-    if forward {
-        req = req.header("X-Hraftd-Forward", "1");
+    if let Some(v) = forward.into() {
+        req = req.header("X-Hraftd-Forward", v);
     }
     req.send().await.unwrap()
 }
@@ -77,11 +77,11 @@ async fn a_follower_forwards_with_the_clients_credentials() {
     let writer = ("writer", "writer-pw");
 
     // Without the header: the usual 307.
-    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v0", writer, false).await;
+    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v0", writer, None).await;
     assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
 
     // With it: the follower forwards, the leader answers.
-    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v1", writer, true).await;
+    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v1", writer, "1").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.headers().get("x-hraftd-forwarded-by").unwrap(),
@@ -94,7 +94,7 @@ async fn a_follower_forwards_with_the_clients_credentials() {
         "/key/fw?level=consistent",
         "",
         writer,
-        true,
+        "1",
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -109,7 +109,7 @@ async fn a_follower_forwards_with_the_clients_credentials() {
         "/key/fw",
         "x",
         ("reader", "reader-pw"),
-        true,
+        "1",
     )
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -120,7 +120,7 @@ async fn a_follower_forwards_with_the_clients_credentials() {
         "/key/fw",
         "x",
         ("writer", "nope"),
-        true,
+        "1",
     )
     .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -132,7 +132,7 @@ async fn a_follower_forwards_with_the_clients_credentials() {
         "/remove",
         r#"{"id":"nobody"}"#,
         ("admin", "admin-pw"),
-        true,
+        "1",
     )
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -142,13 +142,26 @@ async fn a_follower_forwards_with_the_clients_credentials() {
     );
 }
 
+/// What one role's forwarded request may answer while the leader is being replaced: the
+/// statuses it may get, and whether the run is over once it has one of `done`.
+struct Probe {
+    role: &'static str,
+    user: (&'static str, &'static str),
+    method: reqwest::Method,
+    path: &'static str,
+    body: &'static str,
+    /// Answers that say "no leader to forward to right now", and the final answer.
+    allowed: &'static [u16],
+    done: &'static [u16],
+}
+
 #[tokio::test]
-async fn with_forward_a_lost_leader_is_503_or_504_never_a_wrong_200() {
+async fn forwarding_as_every_role_while_the_leader_changes() {
     let mut c = start(&["-forward"]).await;
     let leader = c.must_leader().await;
     let f = (leader + 1) % 3;
     let writer = ("writer", "writer-pw");
-    // -forward: no header needed.
+    // -forward: no header needed; `X-Hraftd-Forward: 0` still asks for the redirect.
     let r = send(
         &c,
         f,
@@ -156,43 +169,118 @@ async fn with_forward_a_lost_leader_is_503_or_504_never_a_wrong_200() {
         "/key/lost",
         "before",
         writer,
-        false,
+        None,
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
+    let r = send(&c, f, reqwest::Method::PUT, "/key/lost", "x", writer, "0").await;
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
     c.kill(leader);
-    // Until a new leader is elected the follower has no leader to forward to (or forwards
-    // to the dead one): 503 or 504, never 200. Then a forward succeeds, and applied.
+
+    // Every role, against the follower, until a new leader serves each of them. Checks
+    // made on the follower itself (who the client is, what it may do) answer the same
+    // throughout; what needs the leader is 503/504 until there is one, then its answer.
+    let probes = [
+        Probe {
+            role: "reader reads",
+            user: ("reader", "reader-pw"),
+            method: reqwest::Method::GET,
+            path: "/key/lost?level=consistent",
+            body: "",
+            allowed: &[200, 503, 504],
+            done: &[200],
+        },
+        Probe {
+            role: "reader writes",
+            user: ("reader", "reader-pw"),
+            method: reqwest::Method::PUT,
+            path: "/key/lost",
+            body: "by-reader",
+            allowed: &[403],
+            done: &[403],
+        },
+        Probe {
+            role: "admin removes an unknown member",
+            user: ("admin", "admin-pw"),
+            method: reqwest::Method::POST,
+            path: "/remove",
+            body: r#"{"id":"nobody"}"#,
+            allowed: &[404, 503, 504],
+            done: &[404],
+        },
+        Probe {
+            role: "wrong password",
+            user: ("writer", "nope"),
+            method: reqwest::Method::PUT,
+            path: "/key/lost",
+            body: "by-nobody",
+            allowed: &[401],
+            done: &[401],
+        },
+    ];
     let statuses = std::sync::Mutex::new(Vec::new());
     let n = std::sync::atomic::AtomicU32::new(0);
     let applied = crate::common::wait_for(
-        "a forwarded write to succeed",
+        "a forwarded write, and every role's forward, to get the new leader's answer",
         crate::common::DEADLINE,
         || async {
             let v = format!(
                 "after{}",
                 n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
-            let r = send(&c, f, reqwest::Method::PUT, "/key/lost", &v, writer, false).await;
+            let r = send(&c, f, reqwest::Method::PUT, "/key/lost", &v, writer, None).await;
             let st = r.status().as_u16();
             statuses.lock().unwrap().push(st);
-            if st != 200 {
+            assert!(
+                [200, 503, 504].contains(&st),
+                "a writer's forward while the leader changes answered {st}: {}",
+                r.text().await.unwrap_or_default()
+            );
+            let mut all_done = st == 200;
+            for p in &probes {
+                let r = send(&c, f, p.method.clone(), p.path, p.body, p.user, None).await;
+                let st = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
                 assert!(
-                    [503, 504].contains(&st),
-                    "a forward without a leader answered {st}: {}",
-                    r.text().await.unwrap_or_default()
+                    p.allowed.contains(&st),
+                    "{} through the follower while the leader changes: {st} {body}",
+                    p.role
                 );
-                return None;
+                if st == 200 {
+                    // A read answered by a leader sees a value some acknowledged write set.
+                    assert!(
+                        body.starts_with(r#"{"lost":"#) && !body.contains("by-"),
+                        "{}: {body}",
+                        p.role
+                    );
+                }
+                all_done &= p.done.contains(&st);
             }
-            Some(v)
+            all_done.then_some(v)
         },
     )
     .await;
-    // A 200 means it applied: a consistent read on the new leader sees it.
+    // A 200 means it applied: a consistent read on the new leader, and one forwarded as
+    // the reader, see it; the refused writes left nothing.
     let l = c.must_leader().await;
     assert_eq!(
         c.must_get(l, "lost", "consistent").await.as_deref(),
         Some(applied.as_str())
+    );
+    let r = send(
+        &c,
+        f,
+        reqwest::Method::GET,
+        "/key/lost?level=consistent",
+        "",
+        ("reader", "reader-pw"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!(r#"{{"lost":"{applied}"}}"#)
     );
     let statuses = statuses.into_inner().unwrap();
     assert!(
