@@ -12,10 +12,13 @@
 #    debootstrap, and rust:1-slim-bookworm from it plus this machine's Rust toolchain.
 # 3. Builds the Dockerfile unchanged (`--network host` only so that apt and cargo inside
 #    the build reach the package registries the way the host does).
-# 4. docker-compose up; write via node1; read at every level from node2 and node3
-#    (following 307s to the leader by service name); SIGKILL the leader's container; a new
-#    leader serves the data and takes writes; the old leader restarts and catches up;
-#    SIGTERM stops every container with exit code 0; docker-compose down -v.
+# 4. docker/secrets.sh (CA, certificates, cluster key, users); docker-compose up: HTTPS
+#    with users, a cluster key and -forward. Plain HTTP refused, 401/403 at the door; write
+#    via node1 as the app user; read at every level from node2 and node3 as the reader
+#    (forwarded to the leader); writes through followers; `X-Hraftd-Forward: 0` gives a
+#    307 to https://node1:11000, followed with credentials; SIGKILL the leader's
+#    container; a new leader serves the data and takes writes; the old leader restarts and
+#    catches up; SIGTERM stops every container with exit code 0; docker-compose down -v.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +61,7 @@ cleanup() {
     compose logs --no-color >"$WORK/compose.log" 2>&1 || true
     compose down -v --remove-orphans >/dev/null 2>&1 || true
   fi
-  [ -n "${made_key:-}" ] && rm -f cluster.key
+  [ -n "${made_secrets:-}" ] && rm -rf docker/secrets
   if [ -n "$started_dockerd" ]; then
     kill "$started_dockerd" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 1; done
@@ -164,10 +167,30 @@ for p in "${port[@]}"; do
     fail "127.0.0.1:$p is already in use; docker-compose.yml publishes it"
   fi
 done
-# Redirects name the leader by service name (node1:11000); map those to published ports.
+S=docker/secrets
+if [ -e "$S" ]; then
+  fail "$S exists (a compose cluster's secrets); this test makes its own: move it away first"
+fi
+say "secrets for the compose cluster (docker/secrets.sh: CA, node certificates, cluster key, users)"
+made_secrets=1
+bash docker/secrets.sh "$IMAGE" >"$WORK/secrets.log" 2>&1 || {
+  cat "$WORK/secrets.log"
+  fail "docker/secrets.sh failed"
+}
+pw() { cat "$S/$1.password"; }
+# Redirects name the leader by service name (https://node1:11000); map those to published
+# ports. The certificates name the services and localhost, so TLS is verified throughout.
 connect_to=()
 for s in node1 node2 node3; do connect_to+=(--connect-to "$s:11000:127.0.0.1:${port[$s]}"); done
-http() { curl -sS --max-time 10 -L "${connect_to[@]}" "$@"; }
+# as USER curl-args...: a request as that user (anonymous: as -), trusting the compose CA.
+as() {
+  local user=$1
+  shift
+  local creds=()
+  [ "$user" != - ] && creds=(-u "$user:$(pw "$user")")
+  curl -sS --max-time 10 --cacert "$S/ca.crt" "${connect_to[@]}" "${creds[@]}" "$@"
+}
+url() { echo "https://localhost:${port[$1]}$2"; }
 
 # wait_for DESCRIPTION SECONDS 'SHELL CONDITION': re-evaluates the condition until it holds.
 wait_for() {
@@ -179,28 +202,22 @@ wait_for() {
   done
 }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
-status() { http "http://127.0.0.1:${port[$1]}/status"; }
+status() { as reader "$(url "$1" /status)"; }
 voters() { status "$1" | field 'sum(1 for m in d["members"] if m["voter"])'; }
 leader_of() { status "$1" | field '(d.get("leader") or {}).get("id", "")'; }
-# get NODE KEY LEVEL: the value, following a redirect to the leader.
-get() { http "http://127.0.0.1:${port[$1]}/key/$2?level=$3" | field "d.get('$2', '')"; }
-# put NODE JSON: a write, which must be acknowledged with its log index.
+# get NODE KEY LEVEL: the value as the reader (followers forward leader-only reads).
+get() { as reader "$(url "$1" "/key/$2?level=$3")" | field "d.get('$2', '')"; }
+# put NODE JSON: a write as the app user, which must be acknowledged with its log index.
 put() {
   local out
-  out=$(http -XPOST "http://127.0.0.1:${port[$1]}/key" -d "$2")
+  out=$(as app -XPOST "$(url "$1" /key)" -d "$2")
   echo "$out" | field 'd["index"]' >/dev/null 2>&1 || fail "write $2 via $1: $out"
 }
+code() { as "$@" -o /dev/null -w '%{http_code}'; }
 expect() { # expect WHAT GOT WANT
   [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"
   say "ok: $1"
 }
-
-say "a cluster key for the compose cluster (./cluster.key, readable by the image's user)"
-rm -f cluster.key
-made_key=1
-docker run --rm --user 0 -v "$PWD:/k" "$IMAGE" gen-key /k/cluster.key >/dev/null ||
-  fail "hraftd gen-key in the image failed"
-chown 10001 cluster.key
 
 say "docker-compose up"
 compose_up=1
@@ -209,20 +226,42 @@ compose up -d --no-build >"$WORK/compose-up.log" 2>&1 || {
   fail "docker-compose up failed"
 }
 wait_for "3 voters in node1's /status" 120 '[ "$(voters node1)" = 3 ]'
-wait_for "node1 /readyz" 30 'curl -sf "http://127.0.0.1:${port[node1]}/readyz"'
+wait_for "node1 /readyz" 30 'as - -f "$(url node1 /readyz)"'
 expect "leader is node1" "$(leader_of node1)" node1
 expect "peers authenticate with the cluster key" "$(status node2 | field 'd["peer_auth"]')" cluster-key
+expect "node2 advertises https to clients" \
+  "$(status node2 | field '[m["http_addr"] for m in d["members"] if m["id"] == "node2"][0]')" https://node2:11000
+
+# Security at the door: plain HTTP refused, no credentials 401, a reader may not write.
+if curl -s --max-time 5 -o /dev/null "http://localhost:${port[node1]}/status"; then
+  fail "plain HTTP to the HTTPS port was answered"
+fi
+say "ok: plain HTTP to the HTTPS port is refused"
+expect "an anonymous read" "$(code - "$(url node1 /key/user1)")" 401
+expect "a reader's write" "$(code reader -XPOST "$(url node1 /key)" -d '{"k":"v"}')" 403
+expect "a wrong password" "$(curl -s --cacert "$S/ca.crt" -u app:wrong -o /dev/null -w '%{http_code}' \
+  "$(url node1 /key/k)")" 401
 
 put node1 '{"user1":"batman","user2":"robin"}'
 for s in node2 node3; do
   wait_for "$s to apply the write" 30 '[ "$(get $s user1 stale)" = batman ]'
   for level in stale default consistent; do
-    expect "$s $level read" "$(get $s user2 $level)" robin
+    expect "$s $level read as the reader" "$(get $s user2 $level)" robin
   done
-  code=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' \
-    -XPOST "http://127.0.0.1:${port[$s]}/key" -d '{"k":"v"}')
-  expect "$s redirects writes to the leader" "$code" "307 http://node1:11000/key"
+  # -forward: a follower takes the write and the leader applies it...
+  put "$s" "{\"via\":\"$s\"}"
+  expect "a write through $s, read on the leader" "$(get node1 via consistent)" "$s"
+  # ... and X-Hraftd-Forward: 0 asks for the 307, to an https address.
+  out=$(as app -H 'X-Hraftd-Forward: 0' -o /dev/null -w '%{http_code} %{redirect_url}' \
+    -XPOST "$(url "$s" /key)" -d '{"k":"v"}')
+  expect "$s redirects on request, keeping https" "$out" "307 https://node1:11000/key"
+  # A client that follows the redirect itself, keeping its credentials.
+  expect "$s redirect followed with credentials" \
+    "$(as reader -L --location-trusted -H 'X-Hraftd-Forward: 0' \
+      "$(url "$s" /key/user1?level=consistent)" | field 'd["user1"]')" batman
 done
+expect "/metrics needs the metrics permission" "$(code app "$(url node2 /metrics)")" 403
+expect "/metrics as the admin" "$(code admin "$(url node2 /metrics)")" 200
 
 say "SIGKILL the leader's container (node1)"
 compose kill -s SIGKILL node1 >/dev/null 2>&1
@@ -248,7 +287,7 @@ expect "write after failover" "$(get "$new" after consistent)" failover
 say "restart node1 on its volume"
 compose start node1 >/dev/null 2>&1
 wait_for "node1 to catch up" 60 '[ "$(get node1 after stale)" = failover ]'
-wait_for "node1 /readyz after restart" 30 'curl -sf "http://127.0.0.1:${port[node1]}/readyz"'
+wait_for "node1 /readyz after restart" 30 'as - -f "$(url node1 /readyz)"'
 
 say "docker-compose stop (SIGTERM)"
 compose stop -t 30 >/dev/null 2>&1
