@@ -31,7 +31,9 @@ pub mod types;
 
 pub use backup::Backup;
 pub use backup::BackupInfo;
+pub use db::valid_group_id;
 pub use db::CfSize;
+pub use db::DEFAULT_GROUP;
 pub use error::Error;
 pub use error::Result;
 pub use node::stored_id;

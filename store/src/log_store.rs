@@ -27,11 +27,13 @@ use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use openraft::StorageIOError;
 use rocksdb::WriteBatch;
-use rocksdb::DB;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::db;
+use crate::db::Db;
+use crate::db::Family;
+use crate::db::Keyspace;
 use crate::state_machine::AppliedIndex;
 use crate::tasks::Stop;
 use crate::tasks::Tasks;
@@ -53,10 +55,11 @@ const KEY_PURGE_PENDING: &[u8] = b"purge_pending";
 /// after an error, not a poll (the state machine is waited for on [`AppliedIndex`]).
 const PURGE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The log store handle openraft owns; clones share the database.
+/// The log store handle openraft owns (one per Raft group); clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    /// The group's column families in the node's one database.
+    ks: Keyspace,
     /// The last committed index openraft told us about, for `/status` (openraft 0.9's
     /// metrics do not carry it). Shared with the node handle.
     committed: Arc<AtomicU64>,
@@ -72,13 +75,47 @@ pub struct LogStore {
     applied: AppliedIndex,
     /// Where the deferred purge task is started, so that the node's shutdown stops it.
     tasks: Tasks,
-    /// Hands appends to the WAL sync thread, which acknowledges them once durable.
-    syncer: Arc<std::sync::Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    /// Hands appends to the database's WAL sync thread, which acknowledges them once
+    /// durable.
+    wal: WalSync,
+}
+
+/// The WAL sync thread of one database, shared by the log stores of every group on it:
+/// one `flush_wal(true)` makes every append written before it durable, whichever group
+/// wrote it, so appends of many groups share syncs. Clones send to the same thread, which
+/// ends when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct WalSync {
+    tx: Arc<std::sync::Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+}
+
+impl WalSync {
+    /// Starts the sync thread for `db`.
+    pub(crate) fn start(db: Arc<Db>) -> WalSync {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("hraftd-wal-sync".into())
+            .spawn(move || wal_sync_loop(db, rx))
+            .expect("spawning the WAL sync thread");
+        WalSync {
+            tx: Arc::new(std::sync::Mutex::new(tx)),
+        }
+    }
+
+    /// Queues `callback` to be called once the WAL is synced; hands it back if the thread
+    /// has stopped.
+    fn send(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(callback)
+            .map_err(|std::sync::mpsc::SendError(cb)| cb)
+    }
 }
 
 /// Syncs the WAL for queued appends, in order, and only then acknowledges them. One sync
 /// covers every append written before it started.
-fn wal_sync_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn wal_sync_loop(db: Arc<Db>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(cb) = rx.try_recv() {
@@ -113,28 +150,24 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    /// A log store on `db`. Deferred purges wait for `applied`, which must be the handle the
-    /// state machine on the same database publishes on, and run as one of `tasks`.
+    /// A log store on the group keyspace `ks`, syncing through `wal` (the sync thread of
+    /// the same database). Deferred purges wait for `applied`, which must be the handle the
+    /// state machine of the same group publishes on, and run as one of `tasks`.
     pub(crate) fn new(
-        db: Arc<DB>,
+        ks: Keyspace,
+        wal: WalSync,
         committed: Arc<AtomicU64>,
         applied: AppliedIndex,
         tasks: Tasks,
     ) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sync_db = db.clone();
-        std::thread::Builder::new()
-            .name("hraftd-wal-sync".into())
-            .spawn(move || wal_sync_loop(sync_db, rx))
-            .expect("spawning the WAL sync thread");
         LogStore {
-            db,
+            ks,
             committed,
             guard_purge: true,
             pending_purge: Arc::default(),
             applied,
             tasks,
-            syncer: Arc::new(std::sync::Mutex::new(tx)),
+            wal,
         }
     }
 
@@ -143,24 +176,25 @@ impl LogStore {
     fn purge_now(&self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(
-            self.cf_meta(),
+            &self.cf_meta(),
             KEY_LAST_PURGED,
             encode(&log_id).map_err(write_err)?,
         );
         let pending: Option<LogId> = self.get_meta(KEY_PURGE_PENDING)?;
         if pending.is_some_and(|p| p.index <= log_id.index) {
-            batch.delete_cf(self.cf_meta(), KEY_PURGE_PENDING);
+            batch.delete_cf(&self.cf_meta(), KEY_PURGE_PENDING);
         }
-        batch.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index + 1));
-        self.db.write(batch).map_err(write_err)
+        batch.delete_range_cf(&self.cf_logs(), index_key(0), index_key(log_id.index + 1));
+        self.ks.db().write(batch).map_err(write_err)
     }
 
     /// Records `log_id` as the purge to carry out once the state machine has applied that
     /// far, and makes sure a task is waiting to do it. Never blocks.
     fn defer_purge(&self, log_id: LogId) -> Result<(), StorageError> {
-        self.db
+        self.ks
+            .db()
             .put_cf_opt(
-                self.cf_meta(),
+                &self.cf_meta(),
                 KEY_PURGE_PENDING,
                 encode(&log_id).map_err(write_err)?,
                 &db::sync_write(),
@@ -219,11 +253,12 @@ impl LogStore {
 
     /// A log store whose purges do not wait for a state machine.
     #[cfg(test)]
-    pub(crate) fn unguarded(db: Arc<DB>) -> Self {
+    pub(crate) fn unguarded(ks: Keyspace) -> Self {
         LogStore {
             guard_purge: false,
             ..LogStore::new(
-                db,
+                ks.clone(),
+                WalSync::start(ks.db().clone()),
                 Arc::new(AtomicU64::new(0)),
                 AppliedIndex::default(),
                 Tasks::new(),
@@ -231,18 +266,21 @@ impl LogStore {
         }
     }
 
-    fn cf_logs(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(db::CF_LOGS).expect("logs column family")
+    fn cf_logs(&self) -> Arc<rocksdb::BoundColumnFamily<'_>> {
+        self.ks.cf(Family::Logs)
     }
 
-    fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(db::CF_RAFT_META)
-            .expect("raft_meta column family")
+    fn cf_meta(&self) -> Arc<rocksdb::BoundColumnFamily<'_>> {
+        self.ks.cf(Family::RaftMeta)
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.db.get_cf(self.cf_meta(), key).map_err(read_err)? {
+        match self
+            .ks
+            .db()
+            .get_cf(&self.cf_meta(), key)
+            .map_err(read_err)?
+        {
             None => Ok(None),
             Some(b) => Ok(Some(decode(&b).map_err(read_err)?)),
         }
@@ -250,19 +288,17 @@ impl LogStore {
 
     fn put_meta_sync<T: Serialize>(&self, key: &[u8], v: &T) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf_meta(), key, encode(v)?);
-        self.db
+        batch.put_cf(&self.cf_meta(), key, encode(v)?);
+        self.ks
+            .db()
             .write_opt(batch, &db::sync_write())
             .map_err(std::io::Error::other)
     }
 
     /// The state machine's `last_applied` index, from the same database.
     fn applied_index(&self) -> std::io::Result<Option<u64>> {
-        let cf = self
-            .db
-            .cf_handle(db::CF_SM_META)
-            .expect("sm_meta column family");
-        let (applied, _) = crate::snapshot::read_applied(|k| self.db.get_cf(cf, k))?;
+        let cf = self.ks.cf(Family::SmMeta);
+        let (applied, _) = crate::snapshot::read_applied(|k| self.ks.db().get_cf(&cf, k))?;
         Ok(applied.map(|l| l.index))
     }
 
@@ -285,8 +321,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf_logs(),
+        let cf = self.cf_logs();
+        let it = self.ks.db().iterator_cf(
+            &cf,
             rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
         );
         for item in it {
@@ -324,8 +361,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
         let last = self
-            .db
-            .iterator_cf(self.cf_logs(), rocksdb::IteratorMode::End)
+            .ks
+            .db()
+            .iterator_cf(&self.cf_logs(), rocksdb::IteratorMode::End)
             .next();
         let last_log_id = match last {
             None => last_purged,
@@ -361,11 +399,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced: losing it only means re-applying from an older point after a crash.
         let mut batch = WriteBatch::default();
         batch.put_cf(
-            self.cf_meta(),
+            &self.cf_meta(),
             KEY_COMMITTED,
             encode(&committed).map_err(write_err)?,
         );
-        self.db.write(batch).map_err(write_err)
+        self.ks.db().write(batch).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -383,25 +421,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let cf = self.cf_logs();
         for entry in entries {
             batch.put_cf(
-                self.cf_logs(),
+                &cf,
                 index_key(entry.log_id.index),
                 encode(&entry).map_err(write_err)?,
             );
         }
         // Written now (readable by replication at once), durable once the sync thread
         // has synced the WAL; only then is openraft told.
-        if let Err(e) = self.db.write(batch) {
+        drop(cf);
+        if let Err(e) = self.ks.db().write(batch) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
         }
-        let sent = self
-            .syncer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(callback);
-        if let Err(std::sync::mpsc::SendError(callback)) = sent {
+        if let Err(callback) = self.wal.send(callback) {
             let e = std::io::Error::other("the WAL sync thread has stopped");
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
@@ -411,8 +446,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf_logs(), index_key(log_id.index), index_key(u64::MAX));
-        self.db
+        batch.delete_range_cf(
+            &self.cf_logs(),
+            index_key(log_id.index),
+            index_key(u64::MAX),
+        );
+        self.ks
+            .db()
             .write_opt(batch, &db::sync_write())
             .map_err(write_err)
     }
@@ -457,9 +497,10 @@ mod tests {
         }
     }
 
-    fn new_log(db: &Arc<DB>, applied: &AppliedIndex, tasks: &Tasks) -> LogStore {
+    fn new_log(db: &Arc<Db>, applied: &AppliedIndex, tasks: &Tasks) -> LogStore {
         LogStore::new(
-            db.clone(),
+            Keyspace::default_group(db),
+            WalSync::start(db.clone()),
             Arc::new(AtomicU64::new(0)),
             applied.clone(),
             tasks.clone(),
@@ -482,7 +523,7 @@ mod tests {
     /// and sharing one applied index, as `Store::open` wires them.
     struct Fixture {
         _td: tempfile::TempDir,
-        db: Arc<DB>,
+        db: Arc<Db>,
         applied: AppliedIndex,
         tasks: Tasks,
         log: LogStore,
@@ -494,11 +535,15 @@ mod tests {
         let db = db::open(&td.path().join("raft")).unwrap();
         let (applied, tasks) = (AppliedIndex::default(), Tasks::new());
         let log = new_log(&db, &applied, &tasks);
-        let sm =
-            StateMachine::open(db.clone(), td.path().join("snapshots"), applied.clone()).unwrap();
+        let sm = StateMachine::open(
+            Keyspace::default_group(&db),
+            td.path().join("snapshots"),
+            applied.clone(),
+        )
+        .unwrap();
         let mut batch = WriteBatch::default();
         for i in 1..=10 {
-            batch.put_cf(log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
+            batch.put_cf(&log.cf_logs(), index_key(i), encode(&blank(i)).unwrap());
         }
         db.write(batch).unwrap();
         Fixture {

@@ -179,7 +179,7 @@ pub struct Store {
     raft: Raft,
     /// Kept to flush and quiesce RocksDB at shutdown, so the process never exits while
     /// RocksDB's background threads are still running.
-    db: Arc<rocksdb::DB>,
+    db: Arc<db::Db>,
     /// openraft's number for this node ([`raft_id_for`] of `me.id`).
     raft_id: NodeId,
     me: Node,
@@ -277,8 +277,11 @@ impl Store {
         // applied index the state machine publishes, and run as the node's tasks.
         let tasks = Tasks::new();
         let applied = AppliedIndex::default();
+        // The default group's keyspace; one WAL sync thread for the database.
+        let ks = db::Keyspace::group(&db, db::DEFAULT_GROUP)?;
         let log_store = LogStore::new(
-            db.clone(),
+            ks.clone(),
+            crate::log_store::WalSync::start(db.clone()),
             committed.clone(),
             applied.clone(),
             tasks.clone(),
@@ -286,7 +289,7 @@ impl Store {
         let db_handle = db.clone();
         let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
         committed.store(startup_commit, Ordering::Relaxed);
-        let sm = StateMachine::open(db, dir.join("snapshots"), applied)
+        let sm = StateMachine::open(ks, dir.join("snapshots"), applied)
             .map_err(|e| Error::io("opening state machine", e))?;
         let reader = sm.reader();
 

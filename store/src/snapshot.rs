@@ -21,8 +21,6 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use rocksdb::DB;
-
 use crate::db;
 use crate::types::decode;
 use crate::types::LogId;
@@ -61,13 +59,13 @@ pub(crate) fn read_applied(
 /// temporary name; [`publish`] moves it into place. Returns its metadata, path and record
 /// count. Blocking.
 pub(crate) fn build(
-    db: &DB,
-    snap: &rocksdb::Snapshot<'_>,
+    ks: &db::Keyspace,
+    snap: &db::DbSnapshot<'_>,
     dir: &Path,
 ) -> io::Result<(SnapshotMeta, PathBuf, u64)> {
-    let sm_meta = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
-    let data = db.cf_handle(db::CF_DATA).expect("data column family");
-    let (last_applied, membership) = read_applied(|k| snap.get_cf(sm_meta, k))?;
+    let sm_meta = ks.cf(db::Family::SmMeta);
+    let data = ks.cf(db::Family::Data);
+    let (last_applied, membership) = read_applied(|k| snap.get_cf(&sm_meta, k))?;
     let millis = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -87,7 +85,7 @@ pub(crate) fn build(
     write_header(&mut w, &meta)?;
     let mut count: u64 = 0;
     let mut crc = crc32fast::Hasher::new();
-    for item in snap.iterator_cf(data, rocksdb::IteratorMode::Start) {
+    for item in snap.iterator_cf(&data, rocksdb::IteratorMode::Start) {
         let (k, v) = item.map_err(io::Error::other)?;
         write_record(&mut w, &mut crc, &k, &v)?;
         count += 1;

@@ -22,12 +22,13 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::StorageIOError;
 use rocksdb::WriteBatch;
-use rocksdb::DB;
 use tokio::sync::watch;
 
 use crate::backup;
 use crate::backup::Backup;
 use crate::db;
+use crate::db::Family;
+use crate::db::Keyspace;
 use crate::snapshot;
 use crate::snapshot::KEY_LAST_APPLIED;
 use crate::snapshot::KEY_MEMBERSHIP;
@@ -101,7 +102,8 @@ impl AppliedIndex {
 /// Read access to the applied state, shared by the HTTP read path.
 #[derive(Clone)]
 pub struct StateReader {
-    db: Arc<DB>,
+    /// The group's column families.
+    ks: Keyspace,
     install: InstallLock,
 }
 
@@ -110,13 +112,13 @@ impl StateReader {
     /// a private directory under `dir`, and hands it out open and unlinked.
     pub(crate) async fn backup(&self, dir: PathBuf) -> io::Result<Backup> {
         let guard = self.install.clone().read_owned().await;
-        let db = self.db.clone();
+        let ks = self.ks.clone();
         tokio::task::spawn_blocking(move || {
-            let snap = db.snapshot();
+            let snap = ks.db().snapshot();
             drop(guard);
             std::fs::create_dir_all(&dir)?;
             let tmp = tempfile::tempdir_in(&dir)?;
-            let (meta, path, keys) = snapshot::build(&db, &snap, tmp.path())?;
+            let (meta, path, keys) = snapshot::build(&ks, &snap, tmp.path())?;
             let applied = meta.last_log_id.map(|l| l.index).unwrap_or(0);
             backup::handed_out(&path, applied, keys)
         })
@@ -133,8 +135,8 @@ impl StateReader {
                 "a snapshot from the leader is being installed; retry shortly".into(),
             ));
         };
-        let cf = self.db.cf_handle(db::CF_DATA).expect("data column family");
-        match self.db.get_pinned_cf(cf, key.as_bytes())? {
+        let cf = self.ks.cf(Family::Data);
+        match self.ks.db().get_pinned_cf(&cf, key.as_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
         }
@@ -145,18 +147,16 @@ impl StateReader {
     /// The membership in the applied state (committed, since only committed entries are
     /// applied) and the log index it comes from.
     pub(crate) fn membership(&self) -> io::Result<(u64, StoredMembership)> {
-        let cf = self
-            .db
-            .cf_handle(db::CF_SM_META)
-            .expect("sm_meta column family");
-        let (_, m) = snapshot::read_applied(|k| self.db.get_cf(cf, k))?;
+        let cf = self.ks.cf(Family::SmMeta);
+        let (_, m) = snapshot::read_applied(|k| self.ks.db().get_cf(&cf, k))?;
         Ok((m.log_id().map(|l| l.index).unwrap_or(0), m))
     }
 }
 
 /// The state machine handle openraft owns.
 pub struct StateMachine {
-    db: Arc<DB>,
+    /// The group's column families.
+    ks: Keyspace,
     reader: StateReader,
     snapshot_dir: PathBuf,
     files: FilesLock,
@@ -178,27 +178,29 @@ impl StateMachine {
     /// Opens the state machine, finishing any snapshot install a crash interrupted, and
     /// publishes its applied index on `applied`.
     pub(crate) fn open(
-        db: Arc<DB>,
+        ks: Keyspace,
         snapshot_dir: PathBuf,
         applied: AppliedIndex,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = StateMachine {
             reader: StateReader {
-                db: db.clone(),
+                ks: ks.clone(),
                 install: Arc::new(tokio::sync::RwLock::new(())),
             },
-            db,
+            ks,
             snapshot_dir,
             files: Arc::new(Mutex::new(())),
             receiving: Arc::new(Mutex::new(None)),
             applied,
         };
-        let cf = sm
-            .db
-            .cf_handle(db::CF_SM_META)
-            .expect("sm_meta column family");
-        if let Some(name) = sm.db.get_cf(cf, KEY_INSTALLING).map_err(io::Error::other)? {
+        let cf = sm.ks.cf(Family::SmMeta);
+        if let Some(name) = sm
+            .ks
+            .db()
+            .get_cf(&cf, KEY_INSTALLING)
+            .map_err(io::Error::other)?
+        {
             let name = String::from_utf8_lossy(&name).into_owned();
             let id = name
                 .strip_suffix(&format!(".{}", snapshot::SUFFIX))
@@ -210,17 +212,19 @@ impl StateMachine {
                     "finishing interrupted snapshot install from {}",
                     path.display()
                 );
-                install_file(&sm.db, &path)?;
+                install_file(&sm.ks, &path)?;
             } else {
                 // The crash came before the snapshot was published: nothing was changed.
                 log::warn!("dropping the install of {name}, which never started");
-                sm.db
-                    .delete_cf_opt(cf, KEY_INSTALLING, &db::sync_write())
+                sm.ks
+                    .db()
+                    .delete_cf_opt(&cf, KEY_INSTALLING, &db::sync_write())
                     .map_err(io::Error::other)?;
             }
         }
         snapshot::retain_newest(&sm.snapshot_dir, true)?;
-        let (last, _) = snapshot::read_applied(|k| sm.db.get_cf(cf, k))?;
+        let (last, _) = snapshot::read_applied(|k| sm.ks.db().get_cf(&cf, k))?;
+        drop(cf);
         sm.applied.publish(last.map(|l| l.index));
         Ok(sm)
     }
@@ -235,12 +239,13 @@ impl StateMachine {
 /// The first batch records an "installing" marker and clears the data; records follow in
 /// bounded batches; the last batch sets `last_applied` and membership and drops the marker,
 /// fsynced. A crash in between leaves the marker, and [`StateMachine::open`] re-runs this.
-fn install_file(db: &DB, path: &Path) -> io::Result<SnapshotMeta> {
+fn install_file(ks: &Keyspace, path: &Path) -> io::Result<SnapshotMeta> {
     // Check the whole file before the first destructive write.
     snapshot::verify(path)?;
     let mut r = snapshot::Reader::open(path)?;
-    let data = db.cf_handle(db::CF_DATA).expect("data column family");
-    let meta_cf = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
+    let db = ks.db();
+    let (data, meta_cf) = (ks.cf(Family::Data), ks.cf(Family::SmMeta));
+    let (data, meta_cf) = (&data, &meta_cf);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -295,7 +300,7 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
 }
 
 /// Adds the effect of `cmd` to `batch`.
-fn apply_command(batch: &mut WriteBatch, data: &rocksdb::ColumnFamily, cmd: Command) {
+fn apply_command(batch: &mut WriteBatch, data: &impl rocksdb::AsColumnFamilyRef, cmd: Command) {
     for op in cmd.into_ops() {
         match op {
             Op::Set { pairs } => {
@@ -310,7 +315,8 @@ fn apply_command(batch: &mut WriteBatch, data: &rocksdb::ColumnFamily, cmd: Comm
 
 /// Builds snapshots; a separate handle so openraft can build while applying continues.
 pub struct SnapshotBuilder {
-    db: Arc<DB>,
+    /// The group's column families.
+    ks: Keyspace,
     snapshot_dir: PathBuf,
     install: InstallLock,
     files: FilesLock,
@@ -318,16 +324,16 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
+        let ks = self.ks.clone();
         let dir = self.snapshot_dir.clone();
         let (install, files) = (self.install.clone(), self.files.clone());
         let (meta, file) = tokio::task::spawn_blocking(move || {
             // Never image a half-installed state.
             let snap = {
                 let _guard = install.blocking_read();
-                db.snapshot()
+                ks.db().snapshot()
             };
-            let (meta, tmp, _) = snapshot::build(&db, &snap, &dir)?;
+            let (meta, tmp, _) = snapshot::build(&ks, &snap, &dir)?;
             drop(snap);
             let _files = lock_files(&files);
             let path = snapshot::publish(&tmp, &dir, &meta)?;
@@ -356,11 +362,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let cf = self
-            .db
-            .cf_handle(db::CF_SM_META)
-            .expect("sm_meta column family");
-        snapshot::read_applied(|k| self.db.get_cf(cf, k))
+        let cf = self.ks.cf(Family::SmMeta);
+        snapshot::read_applied(|k| self.ks.db().get_cf(&cf, k))
             .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
 
@@ -369,11 +372,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let data = self.db.cf_handle(db::CF_DATA).expect("data column family");
-        let meta = self
-            .db
-            .cf_handle(db::CF_SM_META)
-            .expect("sm_meta column family");
+        let (data, meta) = (self.ks.cf(Family::Data), self.ks.cf(Family::SmMeta));
+        let (data, meta) = (&data, &meta);
         let mut batch = WriteBatch::default();
         let mut out = Vec::new();
         let mut last = None;
@@ -394,7 +394,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Not fsynced on its own: the log entries are, and the shared WAL recovers a
             // prefix, so a crash can only roll `last_applied` back to entries still in the
             // log (see db.rs).
-            self.db.write(batch).map_err(sm_err)?;
+            self.ks.db().write(batch).map_err(sm_err)?;
             self.applied.publish(Some(last.index));
         }
         Ok(out)
@@ -402,7 +402,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            ks: self.ks.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             install: self.reader.install.clone(),
             files: self.files.clone(),
@@ -478,7 +478,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snap_err(Some(meta), e))?;
         drop(incoming_file);
 
-        let db = self.db.clone();
+        let ks = self.ks.clone();
         let dir = self.snapshot_dir.clone();
         let (install, files) = (self.reader.install.clone(), self.files.clone());
         let want = meta.clone();
@@ -499,9 +499,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let meta_cf = db.cf_handle(db::CF_SM_META).expect("sm_meta column family");
-            db.put_cf_opt(meta_cf, KEY_INSTALLING, name.as_bytes(), &db::sync_write())
+            let meta_cf = ks.cf(Family::SmMeta);
+            ks.db()
+                .put_cf_opt(&meta_cf, KEY_INSTALLING, name.as_bytes(), &db::sync_write())
                 .map_err(io::Error::other)?;
+            drop(meta_cf);
             let path = {
                 let _files = lock_files(&files);
                 snapshot::publish(&incoming, &dir, &want)?
@@ -509,7 +511,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             failpoint("after-snapshot-publish");
             {
                 let _guard = install.blocking_write();
-                install_file(&db, &path)?;
+                install_file(&ks, &path)?;
             }
             let _files = lock_files(&files);
             snapshot::retain_newest(&dir, false)?;

@@ -5,27 +5,63 @@ use openraft::testing::StoreBuilder;
 use openraft::testing::Suite;
 use tempfile::TempDir;
 
+use crate::db::Family;
+use crate::db::Keyspace;
 use crate::log_store::LogStore;
 use crate::state_machine::AppliedIndex;
 use crate::state_machine::StateMachine;
 use crate::types::StorageError;
 use crate::types::TypeConfig;
 
-struct Builder;
+/// Builds the stores of one group on a fresh database: the default group, or (with
+/// `Some(id)`) group `id` beside a default group whose families are full of records that
+/// are not valid entries or state, so any read, iteration or deletion that strayed from
+/// the group's own families would fail the suite or change what the neighbour holds.
+struct Builder(Option<&'static str>);
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let td = TempDir::new().expect("temp dir");
         let db = crate::db::open(&td.path().join("raft")).expect("open rocksdb");
+        let ks = match self.0 {
+            None => Keyspace::default_group(&db),
+            Some(id) => {
+                fill_with_junk(&Keyspace::default_group(&db));
+                Keyspace::group(&db, id).expect("group families")
+            }
+        };
         // The suite purges logs without applying them; our purge guard would defer that.
-        let log = LogStore::unguarded(db.clone());
-        let sm = StateMachine::open(db, td.path().join("snapshots"), AppliedIndex::default())
+        let log = LogStore::unguarded(ks.clone());
+        let sm = StateMachine::open(ks, td.path().join("snapshots"), AppliedIndex::default())
             .expect("open state machine");
         Ok((td, log, sm))
     }
 }
 
+/// Log indexes 0..=100 and a data key and meta keys of the suite's own names, none of them
+/// decodable as what the suite expects.
+fn fill_with_junk(ks: &Keyspace) {
+    let mut batch = rocksdb::WriteBatch::default();
+    for i in 0..=100u64 {
+        batch.put_cf(&ks.cf(Family::Logs), i.to_be_bytes(), b"junk");
+    }
+    for k in [&b"vote"[..], b"committed", b"last_purged"] {
+        batch.put_cf(&ks.cf(Family::RaftMeta), k, b"junk");
+    }
+    for k in [&b"last_applied"[..], b"membership"] {
+        batch.put_cf(&ks.cf(Family::SmMeta), k, b"junk");
+    }
+    batch.put_cf(&ks.cf(Family::Data), b"k", b"junk");
+    ks.db().write(batch).expect("write junk");
+}
+
 #[test]
 fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(Builder)
+    Suite::test_all(Builder(None))
+}
+
+/// The same suite for a second group's stores in a database shared with the default group.
+#[test]
+fn openraft_storage_suite_for_a_group_beside_the_default_one() -> Result<(), StorageError> {
+    Suite::test_all(Builder(Some("g2")))
 }
