@@ -78,18 +78,26 @@ impl Forwarder {
     }
 }
 
-fn wants_forwarding(req: &ServiceRequest, f: &Forwarder) -> bool {
-    // A backup can be gigabytes: it is redirected, never held here to be passed on.
-    if req.path() == "/backup" || req.headers().contains_key(FORWARDED) {
-        return false;
-    }
+/// Whether this request is to be forwarded if this node does not lead; a value of
+/// [`HEADER`] other than `1`, `true`, `0` or `false` is refused (400), not guessed at.
+fn wants_forwarding(req: &ServiceRequest, f: &Forwarder) -> Result<bool, ApiError> {
     // The header decides per request either way (`0` opts out of `-forward`, e.g. for a
     // client that follows redirects itself); without it, `-forward` does.
-    match req.headers().get(HEADER).map(|v| v.as_bytes()) {
-        Some(v) if v == b"1" || v.eq_ignore_ascii_case(b"true") => true,
-        Some(v) if v == b"0" || v.eq_ignore_ascii_case(b"false") => false,
-        _ => f.always,
+    let asked = match req.headers().get(HEADER).map(|v| v.as_bytes()) {
+        None => None,
+        Some(v) if v == b"1" || v.eq_ignore_ascii_case(b"true") => Some(true),
+        Some(v) if v == b"0" || v.eq_ignore_ascii_case(b"false") => Some(false),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "{HEADER} must be 1, true, 0 or false"
+            )))
+        }
+    };
+    // A backup can be gigabytes: it is redirected, never held here to be passed on.
+    if req.path() == "/backup" || req.headers().contains_key(FORWARDED) {
+        return Ok(false);
     }
+    Ok(asked.unwrap_or(f.always))
 }
 
 /// The middleware (see the module docs).
@@ -98,11 +106,15 @@ pub async fn forward(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let settings = req.app_data::<web::Data<crate::Settings>>().cloned();
-    let Some((fwd, limit)) = settings
+    let forwarder = settings
         .as_ref()
-        .and_then(|s| s.forward.clone().map(|f| (f, s.body_limit)))
-        .filter(|(f, _)| wants_forwarding(&req, f))
-    else {
+        .and_then(|s| s.forward.clone().map(|f| (f, s.body_limit)));
+    let wanted = match forwarder.as_ref().map(|(f, _)| wants_forwarding(&req, f)) {
+        Some(Err(e)) => return Ok(req.error_response(e).map_into_boxed_body()),
+        Some(Ok(w)) => w,
+        None => false,
+    };
+    let Some((fwd, limit)) = forwarder.filter(|_| wanted) else {
         return next
             .call(req)
             .await

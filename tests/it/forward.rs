@@ -80,6 +80,13 @@ async fn a_follower_forwards_with_the_clients_credentials() {
     let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v0", writer, None).await;
     assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
 
+    // A value that is neither yes nor no is refused, not guessed at (and not applied: the
+    // key ends as "v1" below).
+    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "bad", writer, "yes").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(r#""code":"bad_request""#), "{body}");
+
     // With it: the follower forwards, the leader answers.
     let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v1", writer, "1").await;
     assert_eq!(r.status(), StatusCode::OK);
