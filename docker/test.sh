@@ -177,7 +177,6 @@ bash docker/secrets.sh "$IMAGE" >"$WORK/secrets.log" 2>&1 || {
   cat "$WORK/secrets.log"
   fail "docker/secrets.sh failed"
 }
-pw() { cat "$S/$1.password"; }
 # Redirects name the leader by service name (https://node1:11000); map those to published
 # ports. The certificates name the services and localhost, so TLS is verified throughout.
 connect_to=()
@@ -187,7 +186,8 @@ as() {
   local user=$1
   shift
   local creds=()
-  [ "$user" != - ] && creds=(-u "$user:$(pw "$user")")
+  # Credentials from the curlrc docker/secrets.sh wrote: never on a command line.
+  [ "$user" != - ] && creds=(-K "$S/$user.curlrc")
   curl -sS --max-time 10 --cacert "$S/ca.crt" "${connect_to[@]}" "${creds[@]}" "$@"
 }
 url() { echo "https://localhost:${port[$1]}$2"; }

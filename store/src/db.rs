@@ -165,7 +165,11 @@ pub(crate) fn open(path: &Path) -> Result<Arc<Db>> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Every family the database has (none for a new one), and the default group's.
-    let mut names: Vec<String> = Db::list_cf(&opts, path).unwrap_or_default();
+    let mut names: Vec<String> = if path.join("CURRENT").exists() {
+        Db::list_cf(&opts, path)?
+    } else {
+        Vec::new()
+    };
     for f in FAMILIES {
         if !names.iter().any(|n| n == f) {
             names.push(f.to_string());
@@ -195,7 +199,7 @@ pub struct CfSize {
     pub memtable_bytes: u64,
 }
 
-/// The size of every column family, from RocksDB's own properties.
+/// The size of each of the default group's column families, from RocksDB's own properties.
 pub(crate) fn sizes(db: &Db) -> Vec<CfSize> {
     FAMILIES
         .into_iter()

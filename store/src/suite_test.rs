@@ -19,22 +19,46 @@ use crate::types::TypeConfig;
 /// the group's own families would fail the suite or change what the neighbour holds.
 struct Builder(Option<&'static str>);
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+/// The suite's per-test state: the temp dir and, for a second group, its neighbour, which
+/// must still hold exactly its junk when the test is over (checked on drop).
+struct Dir {
+    /// Dropped last, after the check.
+    _td: TempDir,
+    neighbour: Option<Keyspace>,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if let Some(ks) = &self.neighbour {
+            if !std::thread::panicking() {
+                assert_eq!(
+                    junk_in(ks),
+                    JUNK_RECORDS,
+                    "the default group's junk changed"
+                );
+            }
+        }
+    }
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, Dir> for Builder {
+    async fn build(&self) -> Result<(Dir, LogStore, StateMachine), StorageError> {
         let td = TempDir::new().expect("temp dir");
         let db = crate::db::open(&td.path().join("raft")).expect("open rocksdb");
-        let ks = match self.0 {
-            None => Keyspace::default_group(&db),
+        let (ks, neighbour) = match self.0 {
+            None => (Keyspace::default_group(&db), None),
             Some(id) => {
-                fill_with_junk(&Keyspace::default_group(&db));
-                Keyspace::group(&db, id).expect("group families")
+                let neighbour = Keyspace::default_group(&db);
+                fill_with_junk(&neighbour);
+                let ks = Keyspace::group(&db, id).expect("group families");
+                (ks, Some(neighbour))
             }
         };
         // The suite purges logs without applying them; our purge guard would defer that.
         let log = LogStore::unguarded(ks.clone());
         let sm = StateMachine::open(ks, td.path().join("snapshots"), AppliedIndex::default())
             .expect("open state machine");
-        Ok((td, log, sm))
+        Ok((Dir { _td: td, neighbour }, log, sm))
     }
 }
 
@@ -45,14 +69,33 @@ fn fill_with_junk(ks: &Keyspace) {
     for i in 0..=100u64 {
         batch.put_cf(&ks.cf(Family::Logs), i.to_be_bytes(), b"junk");
     }
-    for k in [&b"vote"[..], b"committed", b"last_purged"] {
+    for k in [&b"vote"[..], b"committed", b"last_purged", b"purge_pending"] {
         batch.put_cf(&ks.cf(Family::RaftMeta), k, b"junk");
     }
-    for k in [&b"last_applied"[..], b"membership"] {
+    for k in [&b"last_applied"[..], b"membership", b"installing"] {
         batch.put_cf(&ks.cf(Family::SmMeta), k, b"junk");
     }
     batch.put_cf(&ks.cf(Family::Data), b"k", b"junk");
     ks.db().write(batch).expect("write junk");
+}
+
+/// How many records [`fill_with_junk`] writes.
+const JUNK_RECORDS: usize = 101 + 4 + 3 + 1;
+
+/// How many records of `ks` are junk, in all; anything else there counts against it.
+fn junk_in(ks: &Keyspace) -> usize {
+    let mut junk = 0;
+    for f in [Family::Logs, Family::RaftMeta, Family::SmMeta, Family::Data] {
+        for item in ks.db().iterator_cf(&ks.cf(f), rocksdb::IteratorMode::Start) {
+            let (_, v) = item.expect("read the neighbour");
+            assert_eq!(
+                &*v, b"junk",
+                "a record in the default group that is not junk"
+            );
+            junk += 1;
+        }
+    }
+    junk
 }
 
 #[test]

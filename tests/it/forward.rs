@@ -80,12 +80,25 @@ async fn a_follower_forwards_with_the_clients_credentials() {
     let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v0", writer, None).await;
     assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
 
-    // A value that is neither yes nor no is refused, not guessed at (and not applied: the
-    // key ends as "v1" below).
-    let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "bad", writer, "yes").await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let body = r.text().await.unwrap();
-    assert!(body.contains(r#""code":"bad_request""#), "{body}");
+    // A value that is neither yes nor no is refused, not guessed at, and changes nothing:
+    // sent to the leader itself (which would apply it if it fell through to the handler)
+    // and to a follower, on a key nobody else writes.
+    for node in [leader, f] {
+        let r = send(
+            &c,
+            node,
+            reqwest::Method::PUT,
+            "/key/badfw",
+            "bad",
+            writer,
+            "yes",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "node {node}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(r#""code":"bad_request""#), "{body}");
+    }
+    assert_eq!(c.must_get(leader, "badfw", "consistent").await, None);
 
     // With it: the follower forwards, the leader answers.
     let r = send(&c, f, reqwest::Method::PUT, "/key/fw", "v1", writer, "1").await;
