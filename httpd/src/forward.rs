@@ -1,6 +1,7 @@
 //! Forwarding for clients that cannot follow a redirect (`-forward`, or per request
-//! `X-Hraftd-Forward: 1`; `X-Hraftd-Forward: 0` opts a request out of `-forward`): a follower sends a leader-only request to the leader itself and
-//! returns the leader's answer, instead of the `307` it would give.
+//! `X-Hraftd-Forward: 1`; `X-Hraftd-Forward: 0` opts a request out of `-forward`): a
+//! follower sends a leader-only request to the leader itself and returns the leader's
+//! answer, instead of the `307` it would give.
 //!
 //! It is one middleware ([`forward`]), inside authentication: the follower checks the
 //! client first, then forwards the request with the client's own `Authorization`, so the
@@ -106,15 +107,14 @@ pub async fn forward(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let settings = req.app_data::<web::Data<crate::Settings>>().cloned();
-    let forwarder = settings
-        .as_ref()
-        .and_then(|s| s.forward.clone().map(|f| (f, s.body_limit)));
-    let wanted = match forwarder.as_ref().map(|(f, _)| wants_forwarding(&req, f)) {
-        Some(Err(e)) => return Ok(req.error_response(e).map_into_boxed_body()),
-        Some(Ok(w)) => w,
-        None => false,
+    let forwarder = match settings.as_ref().and_then(|s| s.forward.clone()) {
+        Some(f) => match wants_forwarding(&req, &f) {
+            Err(e) => return Ok(req.error_response(e).map_into_boxed_body()),
+            Ok(wanted) => wanted.then_some(f),
+        },
+        None => None,
     };
-    let Some((fwd, limit)) = forwarder.filter(|_| wanted) else {
+    let Some((fwd, limit)) = forwarder.zip(settings.as_ref().map(|s| s.body_limit)) else {
         return next
             .call(req)
             .await

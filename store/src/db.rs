@@ -85,11 +85,7 @@ impl Keyspace {
     /// The default group's keyspace (its families exist from [`open`]).
     #[cfg(test)]
     pub(crate) fn default_group(db: &Arc<Db>) -> Keyspace {
-        Keyspace {
-            db: db.clone(),
-            group: DEFAULT_GROUP.into(),
-            names: Arc::new(FAMILIES.map(String::from)),
-        }
+        Keyspace::group(db, DEFAULT_GROUP).expect("the default group's families")
     }
 
     /// Group `id`'s keyspace ([`DEFAULT_GROUP`]: the unprefixed families), creating its
