@@ -6,6 +6,9 @@ use std::sync::Arc;
 use hraftd_httpd::ApiError;
 use hraftd_httpd::Backup;
 use hraftd_httpd::CfSize;
+use hraftd_httpd::CreateGroupRequest;
+use hraftd_httpd::GroupInfo;
+use hraftd_httpd::GroupNodeInfo;
 use hraftd_httpd::JoinRequest;
 use hraftd_httpd::KvStore;
 use hraftd_httpd::MemberInfo;
@@ -14,6 +17,7 @@ use hraftd_httpd::NodeMetrics;
 use hraftd_httpd::ReadLevel;
 use hraftd_httpd::Status;
 use hraftd_store::Error;
+use hraftd_store::GroupView;
 use hraftd_store::JoinProof;
 use hraftd_store::Node;
 use hraftd_store::Store;
@@ -59,16 +63,60 @@ fn node_info(n: Node) -> NodeInfo {
 }
 
 impl KvStore for Api {
-    async fn get(&self, key: &str, l: ReadLevel) -> Result<Option<String>, ApiError> {
-        self.0.get(key, level(l)).await.map_err(api_error)
+    async fn get(&self, group: &str, key: &str, l: ReadLevel) -> Result<Option<String>, ApiError> {
+        self.0
+            .group_get(group, key, level(l))
+            .await
+            .map_err(api_error)
     }
 
-    async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
-        self.0.set(pairs).await.map_err(api_error)
+    async fn set(&self, group: &str, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
+        self.0.group_set(group, pairs).await.map_err(api_error)
     }
 
-    async fn delete(&self, key: String) -> Result<u64, ApiError> {
-        self.0.delete(key).await.map_err(api_error)
+    async fn delete(&self, group: &str, key: String) -> Result<u64, ApiError> {
+        self.0.group_delete(group, key).await.map_err(api_error)
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>, ApiError> {
+        let views = self.0.group_views().await.map_err(api_error)?;
+        Ok(views.into_iter().map(group_info).collect())
+    }
+
+    async fn group(&self, id: &str) -> Result<GroupInfo, ApiError> {
+        self.0
+            .group_view(id)
+            .await
+            .map(group_info)
+            .map_err(api_error)
+    }
+
+    async fn create_group(&self, req: CreateGroupRequest) -> Result<GroupInfo, ApiError> {
+        self.0
+            .create_group(&req.id, req.members)
+            .await
+            .map(group_info)
+            .map_err(api_error)
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<u64, ApiError> {
+        self.0.delete_group(id).await.map_err(api_error)
+    }
+
+    async fn add_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
+        self.0
+            .add_group_member(id, member)
+            .await
+            .map(group_info)
+            .map_err(api_error)
+    }
+
+    async fn remove_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
+        self.0
+            .remove_group_member(id, member)
+            .await
+            .map(group_info)
+            .map_err(api_error)
     }
 
     fn check_join(&self, proof: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
@@ -135,6 +183,29 @@ impl KvStore for Api {
             keys: b.keys,
             permit: Some(Box::new(permit)),
         })
+    }
+}
+
+/// A group as the cluster sees it, in the wire shape.
+fn group_info(v: GroupView) -> GroupInfo {
+    GroupInfo {
+        id: v.id,
+        members: v.members,
+        leader: v.leader.map(node_info),
+        term: v.term,
+        nodes: v
+            .nodes
+            .into_iter()
+            .map(|s| GroupNodeInfo {
+                voter: s.voters.contains(&s.node),
+                id: s.node,
+                role: s.role,
+                term: s.term,
+                commit_index: s.commit_index,
+                applied_index: s.applied_index,
+            })
+            .collect(),
+        unreachable: v.unreachable,
     }
 }
 

@@ -192,6 +192,7 @@ impl Builder {
             preferred: AtomicUsize::new(0),
             follow_redirects: self.follow_redirects,
             credentials: self.credentials,
+            group: None,
         })
     }
 }
@@ -210,6 +211,9 @@ pub struct Client {
     preferred: AtomicUsize,
     follow_redirects: bool,
     credentials: Option<Credentials>,
+    /// The Raft group whose keys this client reads and writes (`/groups/<g>/key`);
+    /// `None`: the default group (`/key`).
+    group: Option<String>,
 }
 
 /// The scheme and authority to send requests to for an endpoint or a member's advertised
@@ -264,6 +268,32 @@ impl Client {
             preferred: AtomicUsize::new(0),
             follow_redirects: self.follow_redirects,
             credentials: self.credentials.clone(),
+            group: self.group.clone(),
+        }
+    }
+
+    /// The same client, reading and writing the keys of Raft group `group`
+    /// (`/groups/<group>/key`) instead of the default group's.
+    pub fn in_group(&self, group: &str) -> Client {
+        Client {
+            group: Some(group.to_string()),
+            ..self.to(self.endpoints.clone())
+        }
+    }
+
+    /// The path of `key` for this client's group.
+    fn key_path(&self, key: &str) -> String {
+        match &self.group {
+            Some(g) => format!("/groups/{g}{}", key_path(key)),
+            None => key_path(key),
+        }
+    }
+
+    /// `/key`, or `/groups/<g>/key`.
+    fn keys_path(&self) -> String {
+        match &self.group {
+            Some(g) => format!("/groups/{g}/key"),
+            None => "/key".to_string(),
         }
     }
 
@@ -396,7 +426,7 @@ impl Client {
 
     /// `GET /key/<key>?level=`: `None` when the key does not exist.
     pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
-        let path = format!("{}?level={}", key_path(key), level.as_str());
+        let path = format!("{}?level={}", self.key_path(key), level.as_str());
         match self
             .call::<serde_json::Map<String, serde_json::Value>>(Method::GET, &path, None, &[])
             .await
@@ -420,7 +450,9 @@ impl Client {
             .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().into()))
             .collect();
         let body = serde_json::to_vec(&body).expect("a map of strings encodes");
-        let r: wire::WriteResponse = self.call(Method::POST, "/key", Some(body), &[]).await?;
+        let r: wire::WriteResponse = self
+            .call(Method::POST, &self.keys_path(), Some(body), &[])
+            .await?;
         Ok(r.index)
     }
 
@@ -429,7 +461,7 @@ impl Client {
         let r: wire::WriteResponse = self
             .call(
                 Method::PUT,
-                &key_path(key),
+                &self.key_path(key),
                 Some(value.as_bytes().to_vec()),
                 &[],
             )
@@ -439,7 +471,9 @@ impl Client {
 
     /// `DELETE /key/<key>`; returns the entry's index (deleting a missing key is fine).
     pub async fn delete(&self, key: &str) -> Result<u64> {
-        let r: wire::WriteResponse = self.call(Method::DELETE, &key_path(key), None, &[]).await?;
+        let r: wire::WriteResponse = self
+            .call(Method::DELETE, &self.key_path(key), None, &[])
+            .await?;
         Ok(r.index)
     }
 
@@ -460,6 +494,57 @@ impl Client {
         let body = serde_json::to_vec(&wire::RemoveRequest { id: id.into() })
             .expect("a remove request encodes");
         self.call(Method::POST, "/remove", Some(body), &[]).await
+    }
+
+    /// `GET /groups`: every Raft group, the default one first.
+    pub async fn groups(&self) -> Result<Vec<wire::GroupInfo>> {
+        let l: wire::GroupList = self.call(Method::GET, "/groups", None, &[]).await?;
+        Ok(l.groups)
+    }
+
+    /// `GET /groups/<id>`.
+    pub async fn group(&self, id: &str) -> Result<wire::GroupInfo> {
+        self.call(Method::GET, &format!("/groups/{id}"), None, &[])
+            .await
+    }
+
+    /// `POST /groups`: creates group `id` on `members` (cluster node ids); answers once it
+    /// has a leader.
+    pub async fn create_group(&self, id: &str, members: &[&str]) -> Result<wire::GroupInfo> {
+        let req = wire::CreateGroupRequest {
+            id: id.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        let body = serde_json::to_vec(&req).expect("a group request encodes");
+        self.call(Method::POST, "/groups", Some(body), &[]).await
+    }
+
+    /// `DELETE /groups/<id>`.
+    pub async fn delete_group(&self, id: &str) -> Result<wire::GroupDeleted> {
+        self.call(Method::DELETE, &format!("/groups/{id}"), None, &[])
+            .await
+    }
+
+    /// `POST /groups/<id>/members`: adds cluster node `member` (learner, then voter).
+    pub async fn add_group_member(&self, id: &str, member: &str) -> Result<wire::GroupInfo> {
+        let body = serde_json::to_vec(&wire::GroupMemberRequest { id: member.into() })
+            .expect("a member request encodes");
+        self.call(
+            Method::POST,
+            &format!("/groups/{id}/members"),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    /// `DELETE /groups/<id>/members/<member>`.
+    pub async fn remove_group_member(&self, id: &str, member: &str) -> Result<wire::GroupInfo> {
+        let path = format!(
+            "/groups/{id}/members/{}",
+            utf8_percent_encode(member, KEY_PATH)
+        );
+        self.call(Method::DELETE, &path, None, &[]).await
     }
 
     /// `GET /readyz`: `Ok` when ready, else the reason as an error.

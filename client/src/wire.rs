@@ -125,6 +125,68 @@ pub struct WriteResponse {
     pub index: u64,
 }
 
+/// `POST /groups` body: a new group's id and its members (cluster node ids; 1, 3 or 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub id: String,
+    pub members: Vec<String>,
+}
+
+/// `POST /groups/<g>/members` body: the cluster node to add.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMemberRequest {
+    pub id: String,
+}
+
+/// One member's own view of a group, inside [`GroupInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupNodeInfo {
+    pub id: String,
+    /// `leader`, `follower`, `candidate`, `learner` (or `shutdown` while stopping).
+    pub role: String,
+    pub term: u64,
+    /// Whether this member votes in the group (else it is a learner, still catching up).
+    pub voter: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// A Raft group as `GET /groups` and `GET /groups/<g>` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub id: String,
+    /// The cluster nodes that host the group (the catalogue).
+    pub members: Vec<String>,
+    pub leader: Option<NodeInfo>,
+    pub term: u64,
+    /// Each member that answered, with its role and indexes.
+    pub nodes: Vec<GroupNodeInfo>,
+    /// Members that did not answer, or do not run the group yet.
+    pub unreachable: Vec<String>,
+}
+
+impl GroupInfo {
+    /// The id of the group's leader, if one is known.
+    pub fn leader_id(&self) -> Option<&str> {
+        self.leader.as_ref().map(|l| l.id.as_str())
+    }
+}
+
+/// `GET /groups` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupList {
+    pub groups: Vec<GroupInfo>,
+}
+
+/// `DELETE /groups/<g>` answer: the log index (of the default group) that deleted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDeleted {
+    pub deleted: String,
+    pub index: u64,
+}
+
 /// `GET /livez` and `GET /readyz` when healthy: `{"status":"live"}` / `{"status":"ready"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {

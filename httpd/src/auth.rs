@@ -62,11 +62,23 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
         "/livez" | "/readyz" | "/openapi.json" => None,
         "/metrics" => Some(Perm::Metrics),
         "/join" | "/remove" | "/backup" => Some(Perm::Admin),
-        "/key" | "/key/{key:.*}" => Some(if *method == Method::GET || *method == Method::HEAD {
-            Perm::Read
-        } else {
-            Perm::Write
-        }),
+        "/key" | "/key/{key:.*}" | "/groups/{group}/key" | "/groups/{group}/key/{key:.*}" => {
+            Some(if *method == Method::GET || *method == Method::HEAD {
+                Perm::Read
+            } else {
+                Perm::Write
+            })
+        }
+        "/groups"
+        | "/groups/{group}"
+        | "/groups/{group}/members"
+        | "/groups/{group}/members/{id}" => {
+            Some(if *method == Method::GET || *method == Method::HEAD {
+                Perm::Read
+            } else {
+                Perm::Admin
+            })
+        }
         "/status" => Some(Perm::Read),
         // Unknown paths answer 404 whoever asks; they reveal nothing.
         _ => None,
@@ -412,6 +424,24 @@ mod tests {
             Some(Perm::Write)
         );
         assert_eq!(required("/backup", &Method::GET), Some(Perm::Admin));
+        assert_eq!(required("/groups", &Method::GET), Some(Perm::Read));
+        assert_eq!(required("/groups", &Method::POST), Some(Perm::Admin));
+        assert_eq!(
+            required("/groups/{group}", &Method::DELETE),
+            Some(Perm::Admin)
+        );
+        assert_eq!(
+            required("/groups/{group}/members/{id}", &Method::DELETE),
+            Some(Perm::Admin)
+        );
+        assert_eq!(
+            required("/groups/{group}/key/{key:.*}", &Method::PUT),
+            Some(Perm::Write)
+        );
+        assert_eq!(
+            required("/groups/{group}/key", &Method::GET),
+            Some(Perm::Read)
+        );
         assert_eq!(required("/join", &Method::POST), Some(Perm::Admin));
         assert_eq!(required("/metrics", &Method::GET), Some(Perm::Metrics));
         assert_eq!(required("/livez", &Method::GET), None);

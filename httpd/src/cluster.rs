@@ -15,7 +15,7 @@ use crate::KvStore;
 use crate::Settings;
 
 /// Reads and parses a JSON request body within the body limit.
-async fn json_body<T: for<'a> Deserialize<'a>>(
+pub(crate) async fn json_body<T: for<'a> Deserialize<'a>>(
     req: &HttpRequest,
     payload: web::Payload,
     settings: &Settings,

@@ -1,4 +1,4 @@
-//! `/key` handlers: writes (`POST /key`, `PUT /key/<key>`), reads at a level
+//! `/key` handlers (also serving `/groups/<g>/key`, scoped to that group): writes (`POST /key`, `PUT /key/<key>`), reads at a level
 //! (`GET /key/<key>`, `GET /key?key=`), and deletes. Input is validated completely before
 //! the store is called, so a bad request never changes state.
 //!
@@ -75,10 +75,27 @@ fn strict_decode(s: &str, what: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{what} {s:?} decodes to invalid UTF-8")))
 }
 
-/// The key of a `/key/<key>` request, decoded strictly from the raw path.
+/// The key of a `/key/<key>` or `/groups/<g>/key/<key>` request, decoded strictly from
+/// the raw path.
 fn path_key(req: &HttpRequest) -> Result<String, ApiError> {
-    let raw = req.uri().path().strip_prefix("/key/").unwrap_or("");
+    let path = req.uri().path();
+    let raw = match path.strip_prefix("/groups/") {
+        // A group id has no `/` (and no escapes): the key follows its `/key/`.
+        Some(rest) => rest
+            .split_once('/')
+            .and_then(|(_, r)| r.strip_prefix("key/"))
+            .unwrap_or(""),
+        None => path.strip_prefix("/key/").unwrap_or(""),
+    };
     strict_decode(raw, "key")
+}
+
+/// The group a key request is for: `/groups/<g>/...`, else the default group.
+fn group(req: &HttpRequest) -> Result<String, ApiError> {
+    match req.match_info().get("group") {
+        None => Ok(crate::DEFAULT_GROUP.to_string()),
+        Some(g) => crate::groups::valid_group(g).map(str::to_string),
+    }
 }
 
 fn level(q: &HashMap<String, String>) -> Result<ReadLevel, ApiError> {
@@ -149,7 +166,8 @@ async fn read_key<S: KvStore>(
 ) -> Reply {
     let level = query_level(req)?;
     valid_key(key, settings.max_key_bytes)?;
-    match store.get(key, level).await? {
+    let group = group(req)?;
+    match store.get(&group, key, level).await? {
         Some(v) => {
             let mut body = serde_json::Map::new();
             body.insert(key.to_string(), Value::String(v));
@@ -195,9 +213,10 @@ pub(crate) async fn post<S: KvStore>(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Reply {
+    let group = group(&req)?;
     let body = read_body(&req, payload, settings.body_limit).await?;
     let pairs = parse_pairs(&body, settings.max_key_bytes)?;
-    let index = store.set(pairs).await?;
+    let index = store.set(&group, pairs).await?;
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
@@ -210,16 +229,23 @@ pub(crate) async fn put<S: KvStore>(
 ) -> Reply {
     let key = path_key(&req)?;
     valid_key(&key, settings.max_key_bytes)?;
+    let group = group(&req)?;
     let body = read_body(&req, payload, settings.body_limit).await?;
     let value = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()))?;
-    let index = store.set(vec![(key, value)]).await?;
+    let index = store.set(&group, vec![(key, value)]).await?;
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
-async fn delete_key<S: KvStore>(store: &S, settings: &Settings, key: String) -> Reply {
+async fn delete_key<S: KvStore>(
+    store: &S,
+    settings: &Settings,
+    req: &HttpRequest,
+    key: String,
+) -> Reply {
     valid_key(&key, settings.max_key_bytes)?;
-    let index = store.delete(key).await?;
+    let group = group(req)?;
+    let index = store.delete(&group, key).await?;
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
@@ -230,7 +256,7 @@ pub(crate) async fn delete_path<S: KvStore>(
     req: HttpRequest,
 ) -> Reply {
     let key = path_key(&req)?;
-    delete_key(store.get_ref(), &settings, key).await
+    delete_key(store.get_ref(), &settings, &req, key).await
 }
 
 /// `DELETE /key?key=<key>`
@@ -240,5 +266,5 @@ pub(crate) async fn delete_query<S: KvStore>(
     req: HttpRequest,
 ) -> Reply {
     let key = query_key(&req, settings.max_key_bytes)?;
-    delete_key(store.get_ref(), &settings, key).await
+    delete_key(store.get_ref(), &settings, &req, key).await
 }

@@ -15,6 +15,10 @@
 //! | `/livez`, `/readyz` | `GET` (health for orchestrators) |
 //! | `/metrics` | `GET` (Prometheus text format) |
 //! | `/backup` | `GET ?level=` (a consistent image of the data) |
+//! | `/groups` | `GET` (every Raft group), `POST` (create one) |
+//! | `/groups/<g>` | `GET`, `DELETE` |
+//! | `/groups/<g>/members`, `/groups/<g>/members/<id>` | `POST`, `DELETE` |
+//! | `/groups/<g>/key`, `/groups/<g>/key/<key>` | as `/key`, in group `<g>` |
 //! | `/openapi.json` | `GET` (this API, as OpenAPI 3; the file `httpd/openapi.json`) |
 
 use std::future::Future;
@@ -31,6 +35,7 @@ pub mod auth;
 mod cluster;
 pub mod error;
 pub mod forward;
+mod groups;
 mod key;
 pub mod metrics;
 mod ops;
@@ -38,6 +43,9 @@ pub mod tls;
 
 pub use error::ApiError;
 pub use hraftd_client::wire;
+pub use hraftd_client::wire::CreateGroupRequest;
+pub use hraftd_client::wire::GroupInfo;
+pub use hraftd_client::wire::GroupNodeInfo;
 pub use hraftd_client::wire::JoinRequest;
 pub use hraftd_client::wire::MemberInfo;
 pub use hraftd_client::wire::NodeInfo;
@@ -45,6 +53,9 @@ pub use hraftd_client::wire::ReadLevel;
 pub use hraftd_client::wire::Status;
 pub use metrics::HttpMetrics;
 pub use ops::OPENAPI;
+
+/// The group that `/key` serves; `/groups/<g>/key` serves group `<g>`.
+pub const DEFAULT_GROUP: &str = "default";
 
 /// One RocksDB column family's size, for `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +96,19 @@ pub struct Backup {
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
 /// implementation decides what each failure means to a client (e.g. `NotLeader`).
 pub trait KvStore: Send + Sync + 'static {
+    /// Reads `key` in `group` ([`DEFAULT_GROUP`] for `/key`).
     fn get(
         &self,
+        group: &str,
         key: &str,
         level: ReadLevel,
     ) -> impl Future<Output = Result<Option<String>, ApiError>>;
-    fn set(&self, pairs: Vec<(String, String)>) -> impl Future<Output = Result<u64, ApiError>>;
-    fn delete(&self, key: String) -> impl Future<Output = Result<u64, ApiError>>;
+    fn set(
+        &self,
+        group: &str,
+        pairs: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<u64, ApiError>>;
+    fn delete(&self, group: &str, key: String) -> impl Future<Output = Result<u64, ApiError>>;
     /// Checks that a `/join` request (its exact body and the value of the
     /// `X-Hraftd-Join-Proof` header) comes from a holder of the cluster's key, where the
     /// cluster has one.
@@ -107,6 +124,29 @@ pub trait KvStore: Send + Sync + 'static {
     fn metrics(&self) -> NodeMetrics;
     /// A consistent image of the applied data, taken at `level`.
     fn backup(&self, level: ReadLevel) -> impl Future<Output = Result<Backup, ApiError>>;
+    /// Every Raft group, the default one first.
+    fn groups(&self) -> impl Future<Output = Result<Vec<GroupInfo>, ApiError>>;
+    /// One group (`404` for none).
+    fn group(&self, id: &str) -> impl Future<Output = Result<GroupInfo, ApiError>>;
+    /// Creates a group; resolves once it has a leader.
+    fn create_group(
+        &self,
+        req: CreateGroupRequest,
+    ) -> impl Future<Output = Result<GroupInfo, ApiError>>;
+    /// Deletes a group; resolves with the (default group's) log index that did.
+    fn delete_group(&self, id: &str) -> impl Future<Output = Result<u64, ApiError>>;
+    /// Adds a cluster node to a group; resolves once it is a voter there.
+    fn add_group_member(
+        &self,
+        id: &str,
+        member: &str,
+    ) -> impl Future<Output = Result<GroupInfo, ApiError>>;
+    /// Removes a member from a group.
+    fn remove_group_member(
+        &self,
+        id: &str,
+        member: &str,
+    ) -> impl Future<Output = Result<GroupInfo, ApiError>>;
 }
 
 /// HTTP settings.
@@ -208,6 +248,42 @@ fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/backup")
             .route(web::get().to(ops::backup::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups")
+            .route(web::get().to(groups::list::<S>))
+            .route(web::post().to(groups::create::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}")
+            .route(web::get().to(groups::get::<S>))
+            .route(web::delete().to(groups::delete::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/members")
+            .route(web::post().to(groups::add_member::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/members/{id}")
+            .route(web::delete().to(groups::remove_member::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/key")
+            .route(web::post().to(key::post::<S>))
+            .route(web::get().to(key::get_query::<S>))
+            .route(web::delete().to(key::delete_query::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/key/{key:.*}")
+            .route(web::get().to(key::get_path::<S>))
+            .route(web::put().to(key::put::<S>))
+            .route(web::delete().to(key::delete_path::<S>))
             .default_service(not_allowed()),
     )
     .service(

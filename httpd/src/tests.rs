@@ -34,6 +34,8 @@ struct Fake {
     not_ready: Mutex<Option<String>>,
     /// What `not_live` answers.
     not_live: Mutex<Option<String>>,
+    /// Groups besides the default one, with their members.
+    groups: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Fake {
@@ -45,6 +47,39 @@ impl Fake {
             members: Mutex::new(vec!["node0".into()]),
             not_ready: Mutex::new(None),
             not_live: Mutex::new(None),
+            groups: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Where the fake keeps `key` of `group`: the default group's keys as they are.
+    fn slot(&self, group: &str, key: &str) -> Result<String, ApiError> {
+        if group == DEFAULT_GROUP {
+            return Ok(key.to_string());
+        }
+        if !self.groups.lock().unwrap().contains_key(group) {
+            return Err(ApiError::NotFound(format!("no group {group:?}")));
+        }
+        Ok(format!("{group}\0{key}"))
+    }
+
+    fn group_info(&self, id: &str) -> Result<GroupInfo, ApiError> {
+        let members = if id == DEFAULT_GROUP {
+            self.members.lock().unwrap().clone()
+        } else {
+            self.groups
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("no group {id:?}")))?
+        };
+        Ok(GroupInfo {
+            id: id.to_string(),
+            members,
+            leader: None,
+            term: 1,
+            nodes: vec![],
+            unreachable: vec![],
         })
     }
 
@@ -71,31 +106,98 @@ impl Fake {
 }
 
 impl KvStore for Fake {
-    async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>, ApiError> {
+    async fn get(
+        &self,
+        group: &str,
+        key: &str,
+        level: ReadLevel,
+    ) -> Result<Option<String>, ApiError> {
+        let slot = self.slot(group, key)?;
         if level != ReadLevel::Stale {
             self.leader_check()?;
         }
         if level == ReadLevel::Consistent && self.stuck() {
             return Err(ApiError::Unavailable("no quorum".into()));
         }
-        Ok(self.data.lock().unwrap().get(key).cloned())
+        Ok(self.data.lock().unwrap().get(&slot).cloned())
     }
 
-    async fn set(&self, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
+    async fn set(&self, group: &str, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {
+        self.slot(group, "")?;
         self.leader_check()?;
         if self.stuck() {
             return Err(ApiError::OutcomeUnknown(
                 "the write did not commit within 5s; outcome unknown".into(),
             ));
         }
-        self.data.lock().unwrap().extend(pairs);
+        for (k, v) in pairs {
+            let slot = self.slot(group, &k)?;
+            self.data.lock().unwrap().insert(slot, v);
+        }
         Ok(self.bump())
     }
 
-    async fn delete(&self, key: String) -> Result<u64, ApiError> {
+    async fn delete(&self, group: &str, key: String) -> Result<u64, ApiError> {
+        let slot = self.slot(group, &key)?;
         self.leader_check()?;
-        self.data.lock().unwrap().remove(&key);
+        self.data.lock().unwrap().remove(&slot);
         Ok(self.bump())
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>, ApiError> {
+        let mut out = vec![self.group_info(DEFAULT_GROUP)?];
+        let ids: Vec<String> = self.groups.lock().unwrap().keys().cloned().collect();
+        for id in ids {
+            out.push(self.group_info(&id)?);
+        }
+        Ok(out)
+    }
+
+    async fn group(&self, id: &str) -> Result<GroupInfo, ApiError> {
+        self.group_info(id)
+    }
+
+    async fn create_group(&self, req: CreateGroupRequest) -> Result<GroupInfo, ApiError> {
+        self.leader_check()?;
+        if req.id == DEFAULT_GROUP || self.groups.lock().unwrap().contains_key(&req.id) {
+            return Err(ApiError::Conflict(format!("group {:?} exists", req.id)));
+        }
+        self.groups
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), req.members);
+        self.bump();
+        self.group_info(&req.id)
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<u64, ApiError> {
+        self.leader_check()?;
+        self.group_info(id)?;
+        self.groups.lock().unwrap().remove(id);
+        Ok(self.bump())
+    }
+
+    async fn add_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
+        self.leader_check()?;
+        self.group_info(id)?;
+        if let Some(m) = self.groups.lock().unwrap().get_mut(id) {
+            m.push(member.to_string());
+        }
+        self.bump();
+        self.group_info(id)
+    }
+
+    async fn remove_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
+        self.leader_check()?;
+        let info = self.group_info(id)?;
+        if !info.members.iter().any(|m| m == member) {
+            return Err(ApiError::NotFound(format!("{member:?} is not a member")));
+        }
+        if let Some(m) = self.groups.lock().unwrap().get_mut(id) {
+            m.retain(|x| x != member);
+        }
+        self.bump();
+        self.group_info(id)
     }
 
     /// The fake's "cluster key" is the proof `let-me-in`.
@@ -632,7 +734,10 @@ async fn openapi_document_matches_the_routes() {
 
     let methods = ["get", "post", "put", "delete", "patch"];
     for (path, item) in paths {
-        let uri = path.replace("{key}", "k");
+        let uri = path
+            .replace("{key}", "k")
+            .replace("{group}", "default")
+            .replace("{id}", "node0");
         for m in methods {
             let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
             let (s, _, body) = send!(&app, method, &uri, b"{}");

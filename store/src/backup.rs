@@ -89,6 +89,10 @@ impl BackupReader {
                 self.done = true;
                 break;
             };
+            // The group catalogue is the cluster's topology, not data: never restored.
+            if crate::catalogue::is_catalogue_key(&k) {
+                continue;
+            }
             size += k.len() + v.len();
             let text = |b: Vec<u8>| {
                 String::from_utf8(b).map_err(|_| {

@@ -124,6 +124,13 @@ impl Keyspace {
         &self.group
     }
 
+    /// How many handles of this keyspace exist (this one included): a group's families are
+    /// dropped only once its stores, which openraft may keep a while after shutdown, are
+    /// all gone.
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.names)
+    }
+
     /// The handle of one of this group's column families.
     pub(crate) fn cf(&self, family: Family) -> Arc<BoundColumnFamily<'_>> {
         let name = &self.names[family as usize];
@@ -131,6 +138,32 @@ impl Keyspace {
             .cf_handle(name)
             .unwrap_or_else(|| panic!("column family {name} of group {}", self.group_id()))
     }
+}
+
+/// The ids of the groups, other than the default one, that have families in `db`.
+pub(crate) fn group_ids(db: &Db) -> Result<Vec<String>> {
+    let names = Db::list_cf(&Options::default(), db.path())?;
+    let ids: std::collections::BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("g/"))
+        .filter_map(|n| n.split_once('/').map(|(g, _)| g.to_string()))
+        .collect();
+    Ok(ids.into_iter().collect())
+}
+
+/// Drops every column family of group `id` (not the default group's). Only once no
+/// [`Keyspace`] of it is left: a store that reached for a dropped family would panic.
+pub(crate) fn drop_group(db: &Db, id: &str) -> Result<()> {
+    if id == DEFAULT_GROUP || !valid_group_id(id) {
+        return Err(crate::Error::Invalid(format!("cannot drop group {id:?}")));
+    }
+    for f in FAMILIES {
+        let name = family_name(id, f);
+        if db.cf_handle(&name).is_some() {
+            db.drop_cf(&name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Options of every column family: small write buffers (many groups each have

@@ -16,8 +16,11 @@
 
 pub mod backup;
 mod batch;
+pub mod catalogue;
 mod db;
 pub mod error;
+mod group;
+pub mod groups;
 #[doc(hidden)]
 pub mod hostile;
 pub mod log_store;
@@ -36,6 +39,8 @@ pub use db::CfSize;
 pub use db::DEFAULT_GROUP;
 pub use error::Error;
 pub use error::Result;
+pub use groups::GroupState;
+pub use groups::GroupView;
 pub use node::stored_id;
 pub use node::Member;
 pub use node::Metrics;
@@ -50,6 +55,7 @@ pub use peer_auth::JoinProof;
 pub use peer_auth::Mtls;
 pub use peer_auth::PeerAuth;
 pub use types::Command;
+pub use types::GroupEntry;
 pub use types::Node;
 pub use types::MAX_ENTRY_BYTES;
 

@@ -158,6 +158,36 @@ pub(crate) enum PeerRequest {
     /// Asks for the membership this node has applied (committed) and whether it leads:
     /// how a node checks a removal notice with the leader.
     Membership,
+    /// An openraft RPC of catalogue group `group` (the first three variants are the
+    /// default group's, so that nodes of earlier versions still understand each other).
+    Group {
+        group: String,
+        rpc: GroupRpc,
+    },
+    /// Asks for the state of every catalogue group this node runs.
+    Groups,
+    /// Asks this node, as the leader of `group`, to change that group's members.
+    GroupMember {
+        group: String,
+        change: MemberChange,
+    },
+}
+
+/// The openraft RPCs, as carried for a catalogue group.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum GroupRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// A change of one group's members, asked of that group's leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum MemberChange {
+    /// Add the node: as a learner, then, once caught up, as a voter.
+    Add(Node),
+    /// Remove the member with this id.
+    Remove(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -167,6 +197,11 @@ pub(crate) enum PeerResponse {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Ack,
     Membership(MembershipAnswer),
+    /// This node does not run the group a [`PeerRequest::Group`] or
+    /// [`PeerRequest::GroupMember`] named.
+    NoGroup,
+    Groups(Vec<crate::groups::GroupState>),
+    GroupMember(Result<u64, crate::groups::WireError>),
 }
 
 /// A node's answer to [`PeerRequest::Membership`].
@@ -226,6 +261,9 @@ pub struct Network {
     /// Set when this node, as a leader, has said it is stopping: openraft's own RPCs
     /// (heartbeats) then stop, so that followers keep treating it as gone.
     quiet: Arc<AtomicBool>,
+    /// The catalogue group whose openraft RPCs this handle carries; `None`: the default
+    /// group's. Clones for each group share the pool.
+    group: Option<Arc<str>>,
 }
 
 impl Network {
@@ -237,6 +275,30 @@ impl Network {
             local_ip,
             auth,
             quiet: Arc::default(),
+            group: None,
+        }
+    }
+
+    /// The same pool, carrying the openraft RPCs of catalogue group `group`.
+    pub(crate) fn for_group(&self, group: &str) -> Network {
+        Network {
+            group: Some(group.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The request that carries `rpc` for this handle's group.
+    fn request(&self, rpc: GroupRpc) -> PeerRequest {
+        match &self.group {
+            Some(g) => PeerRequest::Group {
+                group: g.to_string(),
+                rpc,
+            },
+            None => match rpc {
+                GroupRpc::Append(r) => PeerRequest::Append(r),
+                GroupRpc::Vote(r) => PeerRequest::Vote(r),
+                GroupRpc::Snapshot(r) => PeerRequest::Snapshot(r),
+            },
         }
     }
 
@@ -400,6 +462,12 @@ fn quiet<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
+/// The peer does not run this group (yet, or any more): as unreachable as a closed port.
+fn no_group<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
+    let e = io::Error::other("the peer does not run this group");
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, Node, E> {
     let e = io::Error::new(
         io::ErrorKind::InvalidData,
@@ -433,12 +501,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         match self
             .net
-            .call(&self.addr, &PeerRequest::Append(rpc), option.hard_ttl())
+            .call(
+                &self.addr,
+                &self.net.request(GroupRpc::Append(rpc)),
+                option.hard_ttl(),
+            )
             .await
         {
             Ok(PeerResponse::Append(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerResponse::NoGroup) => Err(no_group()),
             Ok(_) => Err(unexpected("append_entries")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -457,12 +530,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         match self
             .net
-            .call(&self.addr, &PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .call(
+                &self.addr,
+                &self.net.request(GroupRpc::Snapshot(rpc)),
+                option.hard_ttl(),
+            )
             .await
         {
             Ok(PeerResponse::Snapshot(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerResponse::NoGroup) => Err(no_group()),
             Ok(_) => Err(unexpected("install_snapshot")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -478,12 +556,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         match self
             .net
-            .call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl())
+            .call(
+                &self.addr,
+                &self.net.request(GroupRpc::Vote(rpc)),
+                option.hard_ttl(),
+            )
             .await
         {
             Ok(PeerResponse::Vote(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
+            Ok(PeerResponse::NoGroup) => Err(no_group()),
             Ok(_) => Err(unexpected("vote")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -569,6 +652,20 @@ pub(crate) struct Hooks {
     pub(crate) membership: Box<dyn Fn() -> io::Result<MembershipAnswer> + Send + Sync>,
     /// Accepted appends are recorded here; stopping notices too.
     pub(crate) contact: LeaderContact,
+    /// The Raft and leader contact of catalogue group `id`, if this node runs it.
+    pub(crate) group: Box<dyn Fn(&str) -> Option<(Raft, LeaderContact)> + Send + Sync>,
+    /// The state of every catalogue group this node runs.
+    pub(crate) groups: Box<dyn Fn() -> Vec<crate::groups::GroupState> + Send + Sync>,
+    /// Carries out a member change of a group this node leads.
+    pub(crate) group_member: Box<
+        dyn Fn(
+                String,
+                MemberChange,
+            )
+                -> futures::future::BoxFuture<'static, Option<Result<u64, crate::groups::WireError>>>
+            + Send
+            + Sync,
+    >,
     /// Refusals are counted here.
     pub(crate) stats: Arc<PeerStats>,
     pub(crate) auth: PeerAuth,
@@ -731,20 +828,40 @@ async fn serve_conn(
     }
 }
 
-async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<PeerResponse> {
-    Ok(match req {
-        PeerRequest::Append(r) => {
+/// Hands one openraft RPC to `raft`, recording accepted appends in `contact`.
+async fn handle_rpc(rpc: GroupRpc, raft: &Raft, contact: &LeaderContact) -> PeerResponse {
+    match rpc {
+        GroupRpc::Append(r) => {
             let from = r.vote.leader_id().voted_for();
             let term = r.vote.leader_id().get_term();
             let resp = raft.append_entries(r).await;
             // Anything but "your vote is stale" comes from the current leader.
             if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                hooks.contact.touch(from, term);
+                contact.touch(from, term);
             }
             PeerResponse::Append(resp)
         }
-        PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-        PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
+        GroupRpc::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+        GroupRpc::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
+    }
+}
+
+async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<PeerResponse> {
+    Ok(match req {
+        PeerRequest::Append(r) => handle_rpc(GroupRpc::Append(r), raft, &hooks.contact).await,
+        PeerRequest::Vote(r) => handle_rpc(GroupRpc::Vote(r), raft, &hooks.contact).await,
+        PeerRequest::Snapshot(r) => handle_rpc(GroupRpc::Snapshot(r), raft, &hooks.contact).await,
+        PeerRequest::Group { group, rpc } => match (hooks.group)(&group) {
+            Some((raft, contact)) => handle_rpc(rpc, &raft, &contact).await,
+            None => PeerResponse::NoGroup,
+        },
+        PeerRequest::Groups => PeerResponse::Groups((hooks.groups)()),
+        PeerRequest::GroupMember { group, change } => {
+            match (hooks.group_member)(group, change).await {
+                Some(r) => PeerResponse::GroupMember(r),
+                None => PeerResponse::NoGroup,
+            }
+        }
         PeerRequest::Removed {
             node_id,
             membership_index,

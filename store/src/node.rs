@@ -7,26 +7,21 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::ChangeMembershipError;
-use openraft::error::CheckIsLeaderError;
-use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
-use openraft::ChangeMembers;
 use openraft::ServerState;
-use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::batch;
 use crate::db;
 use crate::error::Error;
 use crate::error::Result;
-use crate::log_store::LogStore;
+use crate::group::fatal;
+use crate::group::Group;
+use crate::log_store::WalSync;
 use crate::network;
 use crate::network::MembershipAnswer;
 use crate::network::Network;
@@ -34,21 +29,15 @@ use crate::network::PeerRequest;
 use crate::network::PeerResponse;
 use crate::peer_auth::PeerAuth;
 use crate::snapshot;
-use crate::state_machine::AppliedIndex;
-use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
 use crate::tasks::Tasks;
 use crate::types::raft_id_for;
 use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::Op;
-use crate::types::Raft;
-use crate::types::MAX_ENTRY_BYTES;
 
 /// Backups built or streamed at once, at most.
 pub const MAX_BACKUPS: usize = 2;
-/// The longest a membership change waits for the one before it to finish.
-const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
 /// At shutdown, the longest the background tasks may take, in all, to end once told to
 /// (the peer transport alone may take `network::DRAIN_TIMEOUT`); any left then is aborted.
 const TASKS_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -174,39 +163,32 @@ pub struct Metrics {
     pub peer_rejected: Vec<(String, u64)>,
 }
 
-/// A running hraftd node. Cheap to share behind an `Arc`.
+/// A running hraftd node: the process around its Raft groups. Cheap to share behind an
+/// `Arc`.
 pub struct Store {
-    raft: Raft,
-    /// Kept to flush and quiesce RocksDB at shutdown, so the process never exits while
-    /// RocksDB's background threads are still running.
-    db: Arc<db::Db>,
-    /// openraft's number for this node ([`raft_id_for`] of `me.id`).
-    raft_id: NodeId,
-    me: Node,
-    opts: Options,
-    reader: StateReader,
-    net: Network,
-    /// Highest committed index, updated by the log store (openraft 0.9's metrics lack it).
-    committed: Arc<AtomicU64>,
-    /// The committed index this node had saved when it started: it is not ready to serve
-    /// until it has applied that far (see [`Store::not_ready`]).
-    startup_commit: u64,
+    /// The default group: the cluster's membership, the catalogue, and `/key`.
+    default: Arc<Group>,
+    /// The catalogue's groups this node is a member of and runs, by id. Changed only by
+    /// the reconciler task (`groups.rs`); read by every request for a group.
+    pub(crate) groups: std::sync::RwLock<BTreeMap<String, Arc<Group>>>,
+    /// Kept to open groups, and to flush and quiesce RocksDB at shutdown, so the process
+    /// never exits while RocksDB's background threads are still running.
+    pub(crate) db: Arc<db::Db>,
+    /// The WAL sync thread every group's log store shares.
+    pub(crate) wal: WalSync,
+    pub(crate) me: Node,
+    pub(crate) opts: Options,
+    pub(crate) net: Network,
     /// Becomes `true` once this node learns it was removed from the cluster.
     removed: watch::Sender<bool>,
     /// The membership log index from which this node's own view of membership counts
     /// (`u64::MAX` until start-up says; see `spawn_removal_watch`). A channel, so that the
     /// removal watch re-checks as soon as it is set.
     removal_floor: watch::Sender<u64>,
-    /// The node's background tasks (write and read loops, transport, removal watch,
-    /// deferred purge, ...): stopped and joined by [`Store::shutdown`].
-    tasks: Tasks,
-    /// Group commit: packs concurrent writes into shared log entries.
-    writer: batch::Writer,
-    /// When a leader was last heard from, and which said it is stopping; recorded by the
-    /// transport, read by readiness and redirects.
-    contact: network::LeaderContact,
-    /// Shares one leadership confirmation among concurrent consistent reads.
-    reads: batch::ReadBarrier,
+    /// The node's background tasks (the default group's write and read loops, transport,
+    /// removal watch, deferred purge, group reconciler, ...): stopped and joined by
+    /// [`Store::shutdown`].
+    pub(crate) tasks: Tasks,
     /// Refused peer connections by reason (for `/metrics`).
     peer_stats: Arc<network::PeerStats>,
     /// Backups being built or streamed; at most [`MAX_BACKUPS`] at once, since each holds
@@ -214,9 +196,8 @@ pub struct Store {
     backups: Arc<tokio::sync::Semaphore>,
     /// Set while a removal notice is being checked, so a flood of notices runs one check.
     checking_removal: Arc<std::sync::atomic::AtomicBool>,
-    /// Serializes membership changes on the leader, so concurrent joins queue up instead
-    /// of failing with "change in progress".
-    membership_lock: tokio::sync::Mutex<()>,
+    /// Serializes catalogue changes on the leader (`groups.rs`).
+    pub(crate) groups_lock: tokio::sync::Mutex<()>,
 }
 
 /// This node's own view of membership, as the removal watch sees it.
@@ -272,49 +253,7 @@ impl Store {
         // Backups being built when the process last stopped are of no use to anyone.
         let _ = std::fs::remove_dir_all(dir.join("backups"));
         let db = db::open(&dir.join("raft"))?;
-        let committed = Arc::new(AtomicU64::new(0));
-        // Made first and handed to both: the log store's deferred purges wait for the
-        // applied index the state machine publishes, and run as the node's tasks.
-        let tasks = Tasks::new();
-        let applied = AppliedIndex::default();
-        // The default group's keyspace; one WAL sync thread for the database.
-        let ks = db::Keyspace::group(&db, db::DEFAULT_GROUP)?;
-        let log_store = LogStore::new(
-            ks.clone(),
-            crate::log_store::WalSync::start(db.clone()),
-            committed.clone(),
-            applied.clone(),
-            tasks.clone(),
-        );
-        let db_handle = db.clone();
-        let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
-        committed.store(startup_commit, Ordering::Relaxed);
-        let sm = StateMachine::open(ks, dir.join("snapshots"), applied)
-            .map_err(|e| Error::io("opening state machine", e))?;
-        let reader = sm.reader();
-
-        let config = openraft::Config {
-            cluster_name: "hraftd".into(),
-            heartbeat_interval: millis(opts.heartbeat),
-            election_timeout_min: millis(opts.election_timeout.start),
-            election_timeout_max: millis(opts.election_timeout.end),
-            install_snapshot_timeout: 10_000,
-            // One chunk per peer frame, well under `network::MAX_FRAME`.
-            snapshot_max_chunk_size: 1 << 20,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_threshold.max(1)),
-            max_in_snapshot_log_to_keep: opts.snapshot_threshold.min(1000),
-            max_payload_entries: 256,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| Error::Invalid(format!("raft config: {e}")))?;
-
-        let raft_id = raft_id_for(&opts.id);
-        let me = Node {
-            id: opts.id.clone(),
-            raft_addr: opts.raft_addr.clone(),
-            http_addr: opts.http_addr.clone(),
-        };
+        let wal = WalSync::start(db.clone());
         // Peer connections leave from our advertised IP when it is a concrete address.
         let local_ip = opts
             .raft_addr
@@ -326,37 +265,37 @@ impl Store {
             })
             .filter(|ip| !ip.is_unspecified());
         let net = Network::new(local_ip, opts.peer_auth.clone());
-        let raft = Raft::new(raft_id, Arc::new(config), net.clone(), log_store, sm)
-            .await
-            .map_err(|e| Error::raft("starting raft", e))?;
+        let tasks = Tasks::new();
+        let default = Group::open(
+            &db,
+            wal.clone(),
+            db::DEFAULT_GROUP,
+            dir.join("snapshots"),
+            &opts,
+            net.clone(),
+            tasks.clone(),
+        )
+        .await?;
         let (removed, _) = watch::channel(false);
-        // A stopping leader's notice lapses after two maximum election timeouts: by then
-        // every follower has timed out on it and started an election.
-        let contact = network::LeaderContact::new(2 * opts.election_timeout.end);
-        let writer = batch::Writer::spawn(raft.clone(), &tasks);
-        let reads = batch::ReadBarrier::spawn(raft.clone(), &tasks);
+        let me = default.me.clone();
         let store = Arc::new(Store {
-            writer,
-            reads,
-            raft,
-            db: db_handle,
-            raft_id,
+            default: Arc::new(default),
+            groups: std::sync::RwLock::default(),
+            db,
+            wal,
             me,
             opts,
-            reader,
             net,
-            committed,
-            startup_commit,
-            contact,
             peer_stats: Arc::default(),
             backups: Arc::new(tokio::sync::Semaphore::new(MAX_BACKUPS)),
             checking_removal: Arc::default(),
             removed,
             removal_floor: watch::Sender::new(u64::MAX),
             tasks,
-            membership_lock: tokio::sync::Mutex::new(()),
+            groups_lock: tokio::sync::Mutex::new(()),
         });
         store.spawn_removal_watch();
+        store.spawn_reconciler();
         Ok(store)
     }
 
@@ -366,11 +305,11 @@ impl Store {
     /// history: a node that re-joins under its old id replays its own earlier removal
     /// (from the log, after a snapshot taken while it was a member) and must not act on it.
     fn spawn_removal_watch(self: &Arc<Self>) {
-        let mut rx = self.raft.metrics();
-        let id = self.raft_id;
+        let mut rx = self.default.raft.metrics();
+        let id = self.default.raft_id;
         let removed = self.removed.clone();
         let mut floor = self.removal_floor.subscribe();
-        let reader = self.reader.clone();
+        let reader = self.default.reader.clone();
         let mut stop = self.tasks.stopping();
         self.tasks.spawn("removal watch", async move {
             let mut view = MembershipView::default();
@@ -416,8 +355,9 @@ impl Store {
     /// (after a leader's hand-off, so peers are answered until then) and waits for it to end.
     pub fn serve_raft(self: &Arc<Self>, listener: TcpListener) {
         let weak = Arc::downgrade(self);
-        let reader = self.reader.clone();
-        let raft = self.raft.clone();
+        let reader = self.default.reader.clone();
+        let raft = self.default.raft.clone();
+        let (group, groups, group_member) = self.group_hooks();
         let hooks = network::Hooks {
             removal_notice: Box::new(move |node_id, index| {
                 if let Some(store) = weak.upgrade() {
@@ -433,7 +373,10 @@ impl Store {
                     members: m.membership().nodes().map(|(id, _)| *id).collect(),
                 })
             }),
-            contact: self.contact.clone(),
+            contact: self.default.contact.clone(),
+            group,
+            groups,
+            group_member,
             stats: self.peer_stats.clone(),
             auth: self.opts.peer_auth.clone(),
         };
@@ -441,7 +384,12 @@ impl Store {
         let shutdown = async move { stop.wait().await };
         self.tasks.spawn(
             "peer transport",
-            network::serve(listener, self.raft.clone(), Arc::new(hooks), shutdown),
+            network::serve(
+                listener,
+                self.default.raft.clone(),
+                Arc::new(hooks),
+                shutdown,
+            ),
         );
     }
 
@@ -449,7 +397,7 @@ impl Store {
     /// That is only a hint: it is acted on once this node's applied membership, or the
     /// leader asked over the authenticated channel, confirms it.
     fn on_removal_notice(self: &Arc<Self>, node_id: NodeId, index: u64) {
-        if node_id != self.raft_id {
+        if node_id != self.default.raft_id {
             return log::warn!("ignoring a removal notice for another node ({node_id})");
         }
         if self.checking_removal.swap(true, Ordering::AcqRel) {
@@ -482,13 +430,13 @@ impl Store {
         if *self.removal_floor.borrow() == u64::MAX {
             return Err("this node is still joining".into());
         }
-        if applied_without(&self.reader, self.raft_id, index) {
+        if applied_without(&self.default.reader, self.default.raft_id, index) {
             return Ok(());
         }
         let (leader, addr) = {
-            let m = self.raft.metrics();
+            let m = self.default.raft.metrics();
             let m = m.borrow();
-            let leader = m.current_leader.filter(|l| *l != self.raft_id);
+            let leader = m.current_leader.filter(|l| *l != self.default.raft_id);
             let addr = leader.and_then(|l| {
                 m.membership_config
                     .membership()
@@ -509,7 +457,7 @@ impl Store {
             .await
         {
             Ok(PeerResponse::Membership(a)) if a.leader && a.index >= index => {
-                if a.members.contains(&self.raft_id) {
+                if a.members.contains(&self.default.raft_id) {
                     Err(format!("the leader at {addr} still lists this node"))
                 } else {
                     Ok(())
@@ -530,7 +478,7 @@ impl Store {
 
     /// Why this node is not alive, if so: openraft stopped on a fatal error.
     pub fn not_live(&self) -> Option<String> {
-        let m = self.raft.metrics();
+        let m = self.default.raft.metrics();
         let m = m.borrow();
         match &m.running_state {
             Err(e) => Some(format!("raft stopped: {e}")),
@@ -540,7 +488,7 @@ impl Store {
 
     /// Resolves with the reason if openraft stops on a fatal (e.g. storage) error.
     pub async fn fatal_error(&self) -> String {
-        let mut rx = self.raft.metrics();
+        let mut rx = self.default.raft.metrics();
         let r = rx
             .wait_for(|m| m.running_state.is_err())
             .await
@@ -553,7 +501,8 @@ impl Store {
 
     /// Whether this node has Raft state (it bootstrapped or joined before).
     pub async fn is_initialized(&self) -> Result<bool> {
-        self.raft
+        self.default
+            .raft
             .is_initialized()
             .await
             .map_err(|e| Error::raft("reading whether raft has state", e))
@@ -561,8 +510,8 @@ impl Store {
 
     /// Makes this node the single voter of a new cluster.
     pub async fn bootstrap(&self) -> Result<()> {
-        let members = BTreeMap::from([(self.raft_id, self.me.clone())]);
-        match self.raft.initialize(members).await {
+        let members = BTreeMap::from([(self.default.raft_id, self.me.clone())]);
+        match self.default.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(e)) => Err(Error::Invalid(format!("bootstrap: {e}"))),
             Err(e) => Err(Error::raft("bootstrapping", e)),
@@ -577,8 +526,7 @@ impl Store {
 
     /// Reads `key` at `level`.
     pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
-        self.ensure_level(level).await?;
-        self.reader.get(key).await
+        self.default.get(key, level).await
     }
 
     /// Streams a consistent image of the applied state, taken at `level` (as for reads:
@@ -595,51 +543,14 @@ impl Store {
                 "{MAX_BACKUPS} backups are already being sent; retry later"
             )));
         };
-        self.ensure_level(level).await?;
+        self.default.ensure_level(level).await?;
         let b = self
+            .default
             .reader
             .backup(self.opts.data_dir.join("backups"))
             .await
             .map_err(|e| Error::io("building a backup", e))?;
         Ok((b, permit))
-    }
-
-    /// Fails unless this node may serve a read at `level` now; for `Consistent`, also waits
-    /// until it has applied everything committed before the read began.
-    async fn ensure_level(&self, level: ReadLevel) -> Result<()> {
-        match level {
-            ReadLevel::Stale => {}
-            ReadLevel::Default => self.check_leader()?,
-            ReadLevel::Consistent => {
-                let t = self.opts.read_timeout;
-                match tokio::time::timeout(t, self.reads.confirm()).await {
-                    Ok(batch::Confirmed::Closed) => return Err(Error::ShuttingDown),
-                    Err(_) | Ok(batch::Confirmed::Stalled) => {
-                        return Err(Error::Timeout {
-                            what: "confirming leadership for a consistent read".into(),
-                            after: t,
-                        })
-                    }
-                    Ok(batch::Confirmed::Done(Ok(()))) => {}
-                    Ok(batch::Confirmed::Done(Err(RaftError::APIError(
-                        CheckIsLeaderError::ForwardToLeader(f),
-                    )))) => {
-                        return Err(Error::NotLeader {
-                            leader: f.leader_node.or_else(|| self.leader()),
-                        })
-                    }
-                    Ok(batch::Confirmed::Done(Err(RaftError::APIError(
-                        CheckIsLeaderError::QuorumNotEnough(q),
-                    )))) => {
-                        return Err(Error::Unavailable(format!(
-                            "could not confirm leadership with a quorum: {q}"
-                        )))
-                    }
-                    Ok(batch::Confirmed::Done(Err(RaftError::Fatal(e)))) => return Err(fatal(e)),
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Sets every pair in one log entry; returns its log index once applied.
@@ -653,83 +564,29 @@ impl Store {
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
-        self.check_leader()?;
-        let t = self.opts.write_timeout;
-        let pending = match self.writer.write(op) {
-            Ok(p) => p,
-            Err(batch::Refused::TooLarge { bytes }) => {
-                return Err(Error::TooLarge(format!(
-                    "the request encodes to {bytes} bytes; one log entry holds at most {MAX_ENTRY_BYTES}"
-                )))
-            }
-            Err(batch::Refused::Busy) => {
-                return Err(Error::Unavailable(
-                    "too many writes are waiting to commit; retry later".into(),
-                ))
-            }
-            Err(batch::Refused::Closed) => return Err(Error::ShuttingDown),
-        };
-        // On timeout `pending` is dropped, which withdraws the request if it is still queued.
-        match tokio::time::timeout(t, pending).await {
-            Err(_) => Err(Error::OutcomeUnknown {
-                what: format!("the write did not commit within {t:?}; it may still commit"),
-            }),
-            Ok(None) => Err(Error::OutcomeUnknown {
-                what: "the node stopped while the write was queued or in flight".into(),
-            }),
-            Ok(Some(Ok(index))) => Ok(index),
-            Ok(Some(Err(e))) => Err(self.write_error(e)),
-        }
+        self.default.write(op).await
     }
 
-    /// What a failed proposal (a write or a membership change, already handed to Raft)
-    /// means. Raft stopping meanwhile leaves the outcome unknown: entries it had appended
-    /// may still commit under the next leader (found by review: this was "shutting down",
-    /// which says nothing was applied).
-    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Error {
-        match e {
-            RaftError::Fatal(openraft::error::Fatal::Stopped) => Error::OutcomeUnknown {
-                what: "raft stopped while the change was in flight; it may still commit".into(),
-            },
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-                leader: f.leader_node.or_else(|| self.leader()),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-                ChangeMembershipError::InProgress(_) => Error::Conflict(c.to_string()),
-                other => Error::Invalid(other.to_string()),
-            },
-            RaftError::Fatal(f) => fatal(f),
-        }
+    /// Fails with `NotLeader` unless this node currently believes it leads the default
+    /// group.
+    pub(crate) fn check_leader(&self) -> Result<()> {
+        self.default.check_leader()
     }
 
-    /// Fails with `NotLeader` unless this node currently believes it is the leader.
-    fn check_leader(&self) -> Result<()> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader && m.current_leader == Some(self.raft_id) {
-            return Ok(());
-        }
-        Err(Error::NotLeader {
-            leader: self.leader(),
-        })
+    /// The default group.
+    pub(crate) fn default_group(&self) -> &Arc<Group> {
+        &self.default
     }
 
-    /// The leader this node knows of, with its advertised addresses.
+    /// The default group's leader this node knows of, with its advertised addresses.
     pub fn leader(&self) -> Option<Node> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = self.live_leader(&m)?;
-        m.membership_config.membership().get_node(&id).cloned()
+        self.default.leader()
     }
 
-    /// openraft's current leader, unless that leader has told us it is stopping.
-    fn live_leader(&self, m: &openraft::RaftMetrics<NodeId, Node>) -> Option<NodeId> {
-        m.current_leader
-            .filter(|id| !self.contact.has_stopped(*id, m.current_term))
-    }
-
-    /// Adds a node: as a learner, then, once it has caught up, as a voter. Idempotent for
-    /// the same id and addresses; the same id with new addresses replaces the entry.
-    /// Returns the membership log index at which the node became (or already was) a voter.
+    /// Adds a node to the cluster (the default group): as a learner, then, once it has
+    /// caught up, as a voter. Idempotent for the same id and addresses; the same id with
+    /// new addresses replaces the entry. Returns the membership log index at which the
+    /// node became (or already was) a voter.
     pub async fn join(&self, node: Node) -> Result<u64> {
         if node.id.is_empty() || node.raft_addr.is_empty() || node.http_addr.is_empty() {
             return Err(Error::Invalid(
@@ -738,85 +595,7 @@ impl Store {
         }
         self.check_leader()?;
         self.probe_peer(&node).await?;
-        let _guard = self.lock_membership().await?;
-        let id = raft_id_for(&node.id);
-        let (existing, is_voter) = {
-            let m = self.raft.metrics().borrow().clone();
-            let mem = m.membership_config.membership();
-            (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
-        };
-        if let Some(old) = &existing {
-            if old.id != node.id {
-                return Err(Error::Invalid(format!(
-                    "id {:?} hashes like existing member {:?}; choose another id",
-                    node.id, old.id
-                )));
-            }
-            if *old == node && is_voter {
-                log::info!("join: {node} is already a voter");
-                let m = self.raft.metrics().borrow().clone();
-                return Ok(m.membership_config.log_id().map(|l| l.index).unwrap_or(0));
-            }
-            if *old != node {
-                log::info!("join: {} changed addresses; replacing {old}", node.id);
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                self.change_membership(change, "removing the old entry")
-                    .await?;
-            }
-        }
-        if existing.as_ref() != Some(&node) {
-            let t = self.opts.write_timeout;
-            let resp = tokio::time::timeout(t, self.raft.add_learner(id, node.clone(), false))
-                .await
-                .map_err(|_| Error::OutcomeUnknown {
-                    what: format!(
-                        "adding {} as a learner did not commit within {t:?}; it may still",
-                        node.id
-                    ),
-                })?
-                .map_err(|e| self.write_error(e))?;
-            log::info!(
-                "join: added {node} as a learner at log {}",
-                resp.log_id.index
-            );
-        }
-        if let Err(e) = self.wait_caught_up(id, &node.id).await {
-            // Do not leave a learner behind that never caught up: the leader would keep
-            // replicating to it. (Only a learner: a voter's removal is an explicit /remove.)
-            if !is_voter {
-                log::warn!("join: {} failed ({e}); removing it as a learner", node.id);
-                let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-                if let Err(r) = self
-                    .change_membership(change, "removing the learner of a failed join")
-                    .await
-                {
-                    log::warn!("join: could not remove the learner {}: {r}", node.id);
-                }
-            }
-            return Err(e);
-        }
-        let index = self
-            .change_membership(
-                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-                "promoting to voter",
-            )
-            .await?;
-        log::info!("join: {node} is a voter at log {index}");
-        Ok(index)
-    }
-
-    /// Waits (bounded) for the membership lock.
-    async fn lock_membership(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
-        tokio::time::timeout(MEMBERSHIP_LOCK_WAIT, self.membership_lock.lock())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "waiting for another membership change to finish".into(),
-                after: MEMBERSHIP_LOCK_WAIT,
-            })
+        self.default.add_member(node).await
     }
 
     /// Dials a joining node's Raft address through the peer handshake: only a node that
@@ -852,79 +631,12 @@ impl Store {
         }
     }
 
-    /// Waits until the leader has replicated its whole log to `id`.
-    async fn wait_caught_up(&self, id: NodeId, member: &str) -> Result<()> {
-        let t = self.opts.catch_up_timeout;
-        let mut rx = self.raft.metrics();
-        let wait = rx.wait_for(|m| {
-            let Some(last) = m.last_log_index else {
-                return true;
-            };
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id))
-                .and_then(|l| l.as_ref())
-                .map(|l| l.index);
-            // Close enough that promotion will not stall commits.
-            matched.is_some_and(|i| i + 10 >= last) || m.state != ServerState::Leader
-        });
-        tokio::time::timeout(t, wait)
-            .await
-            .map_err(|_| Error::Timeout {
-                what: format!("{member} catching up with the leader's log"),
-                after: t,
-            })?
-            .map_err(|_| Error::ShuttingDown)?;
-        self.check_leader()
-    }
-
-    /// Runs a membership change in its own task, so that timing out the wait never
-    /// abandons openraft's two-step change halfway (in a joint configuration).
-    async fn change_membership(
-        &self,
-        change: ChangeMembers<NodeId, Node>,
-        what: &str,
-    ) -> Result<u64> {
-        let t = self.opts.write_timeout * 2;
-        let raft = self.raft.clone();
-        let task = tokio::spawn(async move { raft.change_membership(change, false).await });
-        match tokio::time::timeout(t, task).await {
-            Err(_) => Err(Error::OutcomeUnknown {
-                what: format!(
-                    "{what}: the membership change did not finish within {t:?}; it may still"
-                ),
-            }),
-            Ok(Err(e)) => Err(Error::raft(what, e)),
-            Ok(Ok(Ok(resp))) => Ok(resp.log_id.index),
-            Ok(Ok(Err(e))) => Err(self.write_error(e)),
-        }
-    }
-
-    /// Removes the member `member` (its string id). The removed node is told, and shuts
-    /// itself down.
+    /// Removes the member `member` (its string id) from the cluster. The removed node is
+    /// told, and shuts itself down.
     pub async fn remove(&self, member: &str) -> Result<()> {
-        self.check_leader()?;
-        let _guard = self.lock_membership().await?;
+        let (node, membership_index) = self.default.remove_member(member).await?;
         let id = raft_id_for(member);
-        let (node, is_voter) = {
-            let m = self.raft.metrics().borrow().clone();
-            let mem = m.membership_config.membership();
-            (mem.get_node(&id).cloned(), mem.voter_ids().any(|v| v == id))
-        };
-        let Some(node) = node.filter(|n| n.id == member) else {
-            return Err(Error::NotFound(format!("no member with id {member:?}")));
-        };
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        let membership_index = self
-            .change_membership(change, &format!("removing {member}"))
-            .await?;
-        log::info!("remove: {node} removed");
-        if id != self.raft_id {
+        if id != self.default.raft_id {
             let net = self.net.clone();
             let mut stop = self.tasks.stopping();
             let tell = async move {
@@ -956,43 +668,15 @@ impl Store {
         Ok(())
     }
 
-    /// This node's current view of itself and the cluster.
+    /// This node's current view of itself and the cluster (the default group).
     pub fn status(&self) -> Status {
-        let m = self.raft.metrics().borrow().clone();
-        let mem = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
-        let members = mem
-            .nodes()
-            .map(|(id, n)| Member {
-                node: n.clone(),
-                voter: voters.contains(id),
-            })
-            .collect();
-        let role = match m.state {
-            ServerState::Leader => Role::Leader,
-            ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Shutdown,
-        };
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        Status {
-            id: self.me.id.clone(),
-            role,
-            term: m.current_term,
-            leader: self
-                .live_leader(&m)
-                .and_then(|id| mem.get_node(&id).cloned()),
-            members,
-            commit_index: self.committed.load(Ordering::Relaxed).max(applied),
-            applied_index: applied,
-        }
+        self.default.status()
     }
 
     /// Why this node should not get traffic yet, if so: it must be the leader or have heard
     /// from one recently, and have applied everything that was committed when it started.
     pub fn not_ready(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.default.raft.metrics().borrow().clone();
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         if m.state == ServerState::Shutdown {
             return Some("shutting down".into());
@@ -1000,15 +684,16 @@ impl Store {
         // Heartbeats come every `heartbeat`; two election timeouts without one means the
         // leader is gone (or this node is cut off).
         let recent = 2 * self.opts.election_timeout.end;
-        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.raft_id);
-        let heard = self.contact.since().is_some_and(|t| t < recent);
-        if self.live_leader(&m).is_none() || !(leads || heard) {
+        let leads =
+            m.state == ServerState::Leader && m.current_leader == Some(self.default.raft_id);
+        let heard = self.default.contact.since().is_some_and(|t| t < recent);
+        if self.default.live_leader(&m).is_none() || !(leads || heard) {
             return Some("no leader known".into());
         }
-        if applied < self.startup_commit {
+        if applied < self.default.startup_commit {
             return Some(format!(
                 "catching up: applied {applied} of the {} committed at start-up",
-                self.startup_commit
+                self.default.startup_commit
             ));
         }
         None
@@ -1017,14 +702,14 @@ impl Store {
     /// Numbers for `/metrics`.
     pub fn metrics(&self) -> Metrics {
         let status = self.status();
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.default.raft.metrics().borrow().clone();
         let last_log_index = m.last_log_index.unwrap_or(0);
         let mem = m.membership_config.membership();
         let replication_lag = m
             .replication
             .iter()
             .flatten()
-            .filter(|(id, _)| **id != self.raft_id)
+            .filter(|(id, _)| **id != self.default.raft_id)
             .map(|(id, matched)| {
                 let member = mem
                     .get_node(id)
@@ -1034,7 +719,7 @@ impl Store {
                 (member, last_log_index.saturating_sub(matched))
             })
             .collect();
-        let snapshot_bytes = std::fs::read_dir(self.opts.data_dir.join("snapshots"))
+        let snapshot_bytes = std::fs::read_dir(&self.default.snapshot_dir)
             .into_iter()
             .flatten()
             .flatten()
@@ -1068,9 +753,15 @@ impl Store {
             self.set(pairs).await?;
         }
         let applied = self.status().applied_index;
-        self.raft.trigger().snapshot().await.map_err(fatal)?;
+        self.default
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(fatal)?;
         let t = Duration::from_secs(120);
-        self.raft
+        self.default
+            .raft
             .wait(Some(t))
             .metrics(
                 |m| m.snapshot.is_some_and(|s| s.index >= applied),
@@ -1095,9 +786,9 @@ impl Store {
         if self.check_leader().is_err() {
             return None;
         }
-        let _ = self.raft.trigger().heartbeat().await;
-        let me = self.raft_id;
-        let mut rx = self.raft.metrics();
+        let _ = self.default.raft.trigger().heartbeat().await;
+        let me = self.default.raft_id;
+        let mut rx = self.default.raft.metrics();
         let caught_up = rx.wait_for(|m| {
             let single_voter = m
                 .membership_config
@@ -1108,7 +799,7 @@ impl Store {
         });
         let m = match tokio::time::timeout(deadline, caught_up).await {
             Ok(Ok(m)) => m.clone(),
-            _ => self.raft.metrics().borrow().clone(),
+            _ => self.default.raft.metrics().borrow().clone(),
         };
         // Tell the others, so that until they elect a new leader they answer clients
         // "no leader" (503, retry) instead of redirecting them here; no heartbeat may
@@ -1130,8 +821,9 @@ impl Store {
     /// Waits until this node is the leader (as after [`Store::bootstrap`] of a single-node
     /// cluster), `timeout` at most.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<()> {
-        let id = self.raft_id;
-        self.raft
+        let id = self.default.raft_id;
+        self.default
+            .raft
             .wait(Some(timeout))
             .metrics(
                 |m| m.state == ServerState::Leader && m.current_leader == Some(id),
@@ -1174,16 +866,20 @@ impl Store {
     /// rounds still in flight), then the bounded join. Returns how many tasks were aborted.
     async fn stop_tasks_and_raft(&self) -> usize {
         self.tasks.stop();
-        if let Err(e) = self.raft.shutdown().await {
+        // The catalogue groups first: each is a Raft of its own, with its own tasks.
+        let ids: Vec<String> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        futures::future::join_all(ids.iter().map(|id| self.stop_group(id, false))).await;
+        if let Err(e) = self.default.raft.shutdown().await {
             log::warn!("raft shutdown: {e}");
         }
         self.tasks.join(TASKS_STOP_WAIT).await
     }
-}
-
-/// A duration in whole milliseconds, as openraft's config takes it.
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether the applied (committed) membership, from log index `at_least` on, no longer
@@ -1210,18 +906,12 @@ fn full_log_voter(m: &openraft::RaftMetrics<NodeId, Node>, me: NodeId) -> Option
         .map(|(id, _)| *id)
 }
 
-fn fatal(e: openraft::error::Fatal<NodeId>) -> Error {
-    match e {
-        openraft::error::Fatal::Stopped => Error::ShuttingDown,
-        other => Error::raft("raft stopped", other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::batch;
 
     /// A single-node store in `dir`, serving its transport on a free port, leading.
     async fn leading_store(dir: &std::path::Path) -> (Arc<Store>, std::net::SocketAddr) {
@@ -1261,11 +951,11 @@ mod tests {
         // The write loop and the read loop are gone: requests are refused at once.
         let op = Op::Delete { key: "k".into() };
         assert!(matches!(
-            store.writer.write(op),
+            store.default.writer().write(op),
             Err(batch::Refused::Closed)
         ));
         assert!(matches!(
-            store.reads.confirm().await,
+            store.default.reads().confirm().await,
             batch::Confirmed::Closed
         ));
         // The peer connection was closed.
@@ -1288,7 +978,7 @@ mod tests {
                 let op = Op::Set {
                     pairs: vec![(format!("k{i}"), "v".into())],
                 };
-                store.writer.write(op).expect("queued")
+                store.default.writer().write(op).expect("queued")
             })
             .collect();
         store.shutdown().await;

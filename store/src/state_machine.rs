@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::backup;
 use crate::backup::Backup;
+use crate::catalogue;
 use crate::db;
 use crate::db::Family;
 use crate::db::Keyspace;
@@ -105,6 +106,8 @@ pub struct StateReader {
     /// The group's column families.
     ks: Keyspace,
     install: InstallLock,
+    /// Bumped whenever the catalogue may have changed (only the default group has one).
+    catalogue: catalogue::Changes,
 }
 
 impl StateReader {
@@ -144,6 +147,18 @@ impl StateReader {
 }
 
 impl StateReader {
+    /// The catalogue in the applied state (meaningful in the default group only).
+    pub(crate) fn catalogue(
+        &self,
+    ) -> io::Result<std::collections::BTreeMap<String, crate::types::GroupEntry>> {
+        catalogue::read(&self.ks)
+    }
+
+    /// Changes as soon as the applied catalogue may have changed.
+    pub(crate) fn catalogue_changes(&self) -> watch::Receiver<u64> {
+        self.catalogue.subscribe()
+    }
+
     /// The membership in the applied state (committed, since only committed entries are
     /// applied) and the log index it comes from.
     pub(crate) fn membership(&self) -> io::Result<(u64, StoredMembership)> {
@@ -187,6 +202,7 @@ impl StateMachine {
             reader: StateReader {
                 ks: ks.clone(),
                 install: Arc::new(tokio::sync::RwLock::new(())),
+                catalogue: catalogue::Changes::default(),
             },
             ks,
             snapshot_dir,
@@ -253,6 +269,7 @@ fn install_file(ks: &Keyspace, path: &Path) -> io::Result<SnapshotMeta> {
     let mut batch = WriteBatch::default();
     batch.put_cf(meta_cf, KEY_INSTALLING, name.as_bytes());
     batch.delete_range_cf(data, DATA_START, DATA_END);
+    batch.delete_range_cf(data, catalogue::RANGE.0, catalogue::RANGE.1);
     db.write_opt(batch, &db::sync_write())
         .map_err(io::Error::other)?;
     let mut batch = WriteBatch::default();
@@ -299,8 +316,19 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
     out.sync_all().await
 }
 
-/// Adds the effect of `cmd` to `batch`.
-fn apply_command(batch: &mut WriteBatch, data: &impl rocksdb::AsColumnFamilyRef, cmd: Command) {
+/// Adds the effect of `cmd` to `batch`; says whether it touched the catalogue.
+fn apply_command(
+    batch: &mut WriteBatch,
+    data: &impl rocksdb::AsColumnFamilyRef,
+    cmd: Command,
+) -> io::Result<bool> {
+    if let Command::Catalogue { group, entry } = cmd {
+        match entry {
+            Some(e) => batch.put_cf(data, catalogue::key(&group), catalogue::encode_entry(&e)?),
+            None => batch.delete_cf(data, catalogue::key(&group)),
+        }
+        return Ok(true);
+    }
     for op in cmd.into_ops() {
         match op {
             Op::Set { pairs } => {
@@ -311,6 +339,7 @@ fn apply_command(batch: &mut WriteBatch, data: &impl rocksdb::AsColumnFamilyRef,
             Op::Delete { key } => batch.delete_cf(data, key.as_bytes()),
         }
     }
+    Ok(false)
 }
 
 /// Builds snapshots; a separate handle so openraft can build while applying continues.
@@ -377,11 +406,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let mut out = Vec::new();
         let mut last = None;
+        let mut catalogue_changed = false;
         for entry in entries {
             last = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => apply_command(&mut batch, data, cmd),
+                EntryPayload::Normal(cmd) => {
+                    catalogue_changed |= apply_command(&mut batch, data, cmd).map_err(sm_err)?
+                }
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m);
                     batch.put_cf(meta, KEY_MEMBERSHIP, encode(&sm).map_err(sm_err)?);
@@ -396,6 +428,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // log (see db.rs).
             self.ks.db().write(batch).map_err(sm_err)?;
             self.applied.publish(Some(last.index));
+            if catalogue_changed {
+                self.reader.catalogue.bump();
+            }
         }
         Ok(out)
     }
@@ -521,6 +556,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| snap_err(Some(meta), io::Error::other(e)))?
         .map_err(|e| snap_err(Some(meta), e))?;
         self.applied.publish(meta.last_log_id.map(|l| l.index));
+        self.reader.catalogue.bump();
         log::info!(
             "installed snapshot {} at {:?}",
             meta.snapshot_id,

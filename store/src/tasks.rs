@@ -53,6 +53,11 @@ impl Tasks {
         Stop(self.inner.stop.subscribe())
     }
 
+    /// Whether [`Tasks::stop`] has been called.
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
     /// Starts `task` and keeps its handle until [`Tasks::join`]. `task` must end soon after
     /// the stop signal (see [`Tasks::stopping`]). Once stopping, nothing new is started:
     /// returns `false` then.

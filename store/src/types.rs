@@ -49,6 +49,19 @@ pub enum Op {
     Delete { key: String },
 }
 
+/// One Raft group in the catalogue: who should host it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// The member ids (`-id`) of the nodes that run this group, in the order given.
+    pub members: Vec<String>,
+    /// The member that initializes the group's Raft (and so leads it first); cleared by
+    /// the first change of members, so that a member added later never initializes.
+    pub init: Option<String>,
+    /// Chosen when the group is created: a group deleted and created again under the same
+    /// id is a new group, and a member still holding the old one's data drops it.
+    pub incarnation: u64,
+}
+
 /// A state machine command: one log entry, applied atomically.
 ///
 /// Flat by construction: a batch holds operations, never other batches, so decoding and
@@ -64,6 +77,14 @@ pub enum Command {
     Delete { key: String },
     /// Several client requests committed together (group commit), applied in order.
     Batch(Vec<Op>),
+    /// Sets (`Some`) or removes (`None`) one entry of the group catalogue, which only the
+    /// default group's state machine holds (see `catalogue.rs`). Never inside a batch (a
+    /// batch holds client operations only), and last, so that the variants before it
+    /// keep their numbers in logs and snapshots.
+    Catalogue {
+        group: String,
+        entry: Option<GroupEntry>,
+    },
 }
 
 impl Command {
@@ -75,12 +96,14 @@ impl Command {
         }
     }
 
-    /// The operations this command applies, in order.
+    /// The client operations this command applies, in order (none for a catalogue
+    /// change).
     pub fn into_ops(self) -> Vec<Op> {
         match self {
             Command::Set { pairs } => vec![Op::Set { pairs }],
             Command::Delete { key } => vec![Op::Delete { key }],
             Command::Batch(ops) => ops,
+            Command::Catalogue { .. } => Vec::new(),
         }
     }
 }

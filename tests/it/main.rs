@@ -10,6 +10,7 @@ mod cluster;
 mod durability;
 mod failover;
 mod forward;
+mod groups;
 mod hardening;
 mod join;
 mod membership;

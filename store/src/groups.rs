@@ -1,0 +1,923 @@
+//! The catalogue's Raft groups on this node, and how the cluster manages them.
+//!
+//! Every node applies the catalogue (`catalogue.rs`, in the default group) and runs a
+//! reconciler: after every change it starts the groups this node is a member of and
+//! does not run yet, stops the ones it should no longer run and deletes their data.
+//! Management requests (`create_group`, `add_group_member`, ...) are served by the
+//! default group's leader: it commits catalogue changes itself and asks a group's leader,
+//! over the peer transport, for that group's member changes. A request for a group this
+//! node does not run is sent on: leader-only ones to the group's leader (found by asking
+//! the members), stale reads to a member.
+//!
+//! A new group is initialized by one member only, the one named in its catalogue entry
+//! (`GroupEntry::init`, the member leading the fewest groups then), which campaigns at
+//! once and so leads first; the others start empty and wait to be contacted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::db;
+use crate::error::Error;
+use crate::error::Result;
+use crate::group::Group;
+use crate::network::MemberChange;
+use crate::network::PeerRequest;
+use crate::network::PeerResponse;
+use crate::node::ReadLevel;
+use crate::node::Store;
+use crate::types::raft_id_for;
+use crate::types::GroupEntry;
+use crate::types::Node;
+use crate::types::NodeId;
+use crate::types::Op;
+
+/// How long a node is given to answer "which groups do you run" before it counts as
+/// unreachable.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a group's stores may take to be released after its Raft stopped, before its
+/// families are dropped (else they are left, and dropped at the next start).
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// At most this many members in a group.
+pub const MAX_GROUP_MEMBERS: usize = 5;
+/// How long a group's stop may take (its tasks' join).
+const GROUP_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// One node's view of one group it runs: what `GET /groups` shows per member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub group: String,
+    /// The answering node's member id.
+    pub node: String,
+    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`.
+    pub role: String,
+    pub term: u64,
+    /// The group's leader as this node knows it.
+    pub leader: Option<Node>,
+    /// The group's voters and learners (member ids), as this node knows them.
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// One group as the cluster sees it: its catalogue entry and what each member says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    pub id: String,
+    /// The members that host it (the catalogue).
+    pub members: Vec<String>,
+    /// The leader, as the member in the highest term says.
+    pub leader: Option<Node>,
+    pub term: u64,
+    /// Each member's own state, for those that answered.
+    pub nodes: Vec<GroupState>,
+    /// Members that did not answer, or do not run the group (yet).
+    pub unreachable: Vec<String>,
+}
+
+/// A store error as it travels back over the peer transport from a group's leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: WireErrorKind,
+    pub message: String,
+    pub leader: Option<Node>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireErrorKind {
+    NotLeader,
+    NotFound,
+    Invalid,
+    Conflict,
+    Unavailable,
+    Timeout,
+    OutcomeUnknown,
+    Internal,
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::NotLeader { .. } => WireErrorKind::NotLeader,
+            Error::NotFound(_) => WireErrorKind::NotFound,
+            Error::Invalid(_) | Error::TooLarge(_) => WireErrorKind::Invalid,
+            Error::Conflict(_) => WireErrorKind::Conflict,
+            Error::Unavailable(_) | Error::ShuttingDown | Error::Forbidden(_) => {
+                WireErrorKind::Unavailable
+            }
+            Error::Timeout { .. } => WireErrorKind::Timeout,
+            Error::OutcomeUnknown { .. } => WireErrorKind::OutcomeUnknown,
+            Error::Storage(_) | Error::Io { .. } | Error::Raft { .. } => WireErrorKind::Internal,
+        };
+        let leader = match &e {
+            Error::NotLeader { leader } => leader.clone(),
+            _ => None,
+        };
+        WireError {
+            kind,
+            message: e.to_string(),
+            leader,
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(w: WireError) -> Self {
+        match w.kind {
+            WireErrorKind::NotLeader => Error::NotLeader { leader: w.leader },
+            WireErrorKind::NotFound => Error::NotFound(w.message),
+            WireErrorKind::Invalid => Error::Invalid(w.message),
+            WireErrorKind::Conflict => Error::Conflict(w.message),
+            WireErrorKind::Unavailable => Error::Unavailable(w.message),
+            WireErrorKind::Timeout => Error::Timeout {
+                what: w.message,
+                after: Duration::ZERO,
+            },
+            WireErrorKind::OutcomeUnknown => Error::OutcomeUnknown { what: w.message },
+            WireErrorKind::Internal => Error::Unavailable(w.message),
+        }
+    }
+}
+
+/// The state `group` (run here) is in, as `node` sees it.
+fn state_of(group: &Group) -> GroupState {
+    let s = group.status();
+    let (voters, learners): (Vec<_>, Vec<_>) = s.members.iter().partition(|m| m.voter);
+    GroupState {
+        group: group.id.clone(),
+        node: s.id,
+        role: s.role.as_str().to_string(),
+        term: s.term,
+        leader: s.leader,
+        voters: voters.into_iter().map(|m| m.node.id.clone()).collect(),
+        learners: learners.into_iter().map(|m| m.node.id.clone()).collect(),
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+    }
+}
+
+impl Store {
+    /// The group `id` if this node runs it (the default group always).
+    pub(crate) fn local_group(&self, id: &str) -> Option<Arc<Group>> {
+        if id == db::DEFAULT_GROUP {
+            return Some(self.default_group().clone());
+        }
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The transport's view of the groups: their RPCs, states and member changes.
+    pub(crate) fn group_hooks(
+        self: &Arc<Self>,
+    ) -> (
+        Box<
+            dyn Fn(&str) -> Option<(crate::types::Raft, crate::network::LeaderContact)>
+                + Send
+                + Sync,
+        >,
+        Box<dyn Fn() -> Vec<GroupState> + Send + Sync>,
+        Box<
+            dyn Fn(
+                    String,
+                    MemberChange,
+                ) -> futures::future::BoxFuture<
+                    'static,
+                    Option<std::result::Result<u64, WireError>>,
+                > + Send
+                + Sync,
+        >,
+    ) {
+        let (a, b, c) = (
+            Arc::downgrade(self),
+            Arc::downgrade(self),
+            Arc::downgrade(self),
+        );
+        (
+            Box::new(move |id| {
+                let store = a.upgrade()?;
+                let g = store
+                    .groups
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(id)
+                    .cloned()?;
+                Some((g.raft.clone(), g.contact.clone()))
+            }),
+            Box::new(move || match b.upgrade() {
+                Some(store) => store.local_states(),
+                None => Vec::new(),
+            }),
+            Box::new(move |id, change| {
+                let c = c.clone();
+                Box::pin(async move {
+                    let store = c.upgrade()?;
+                    let group = store
+                        .groups
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .cloned()?;
+                    let r = match change {
+                        MemberChange::Add(node) => group.add_member(node).await,
+                        MemberChange::Remove(member) => {
+                            group.remove_member(&member).await.map(|(_, i)| i)
+                        }
+                    };
+                    Some(r.map_err(WireError::from))
+                })
+            }),
+        )
+    }
+
+    /// The state of every catalogue group this node runs.
+    pub(crate) fn local_states(&self) -> Vec<GroupState> {
+        let groups: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        groups.iter().map(|g| state_of(g)).collect()
+    }
+
+    /// Starts the reconciler: runs once now, then after every catalogue change.
+    pub(crate) fn spawn_reconciler(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let mut changes = self.default_group().reader.catalogue_changes();
+        let mut stop = self.tasks.stopping();
+        self.tasks.spawn("group reconciler", async move {
+            loop {
+                changes.borrow_and_update();
+                match weak.upgrade() {
+                    Some(store) => store.reconcile().await,
+                    None => return,
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+
+    /// The cluster's nodes (the default group's applied membership), by member id.
+    fn cluster_nodes(&self) -> BTreeMap<String, Node> {
+        match self.default_group().reader.membership() {
+            Ok((_, m)) => m
+                .membership()
+                .nodes()
+                .map(|(_, n)| (n.id.clone(), n.clone()))
+                .collect(),
+            Err(e) => {
+                log::warn!("reading the cluster's membership: {e}");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Where group `id` keeps its files.
+    fn group_dir(&self, id: &str) -> std::path::PathBuf {
+        self.opts.data_dir.join("groups").join(id)
+    }
+
+    /// Brings the groups this node runs in line with the applied catalogue.
+    async fn reconcile(self: &Arc<Self>) {
+        let catalogue = match self.default_group().reader.catalogue() {
+            Ok(c) => c,
+            Err(e) => return log::error!("reading the group catalogue: {e}"),
+        };
+        let me = self.me.id.clone();
+        let wanted = |id: &str| {
+            catalogue
+                .get(id)
+                .filter(|e| e.members.contains(&me))
+                .map(|e| e.incarnation)
+        };
+        // Stop what should not run (deleted, this node removed, or re-created).
+        let running: Vec<(String, u64)> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, g)| (id.clone(), g.incarnation))
+            .collect();
+        for (id, incarnation) in running {
+            if wanted(&id) != Some(incarnation) {
+                self.stop_group(&id, true).await;
+            }
+        }
+        // Start what should run, and initialize a new group where this node is named.
+        for (id, entry) in &catalogue {
+            if !entry.members.contains(&me) || self.tasks.is_stopping() {
+                continue;
+            }
+            let group = match self.local_group(id) {
+                Some(g) => g,
+                None => match self.start_group(id, entry.incarnation).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        log::error!("starting group {id}: {e}");
+                        continue;
+                    }
+                },
+            };
+            if entry.init.as_deref() == Some(me.as_str()) {
+                if let Err(e) = self.initialize_group(&group, entry).await {
+                    log::error!("initializing group {id}: {e}");
+                }
+            }
+        }
+        // Data of groups this node no longer has (left from a stop that could not drop it).
+        match db::group_ids(&self.db) {
+            Ok(ids) => {
+                for id in ids {
+                    if wanted(&id).is_none() && self.local_group(&id).is_none() {
+                        self.delete_group_data(&id);
+                    }
+                }
+            }
+            Err(e) => log::warn!("listing the groups on disk: {e}"),
+        }
+    }
+
+    /// Opens group `id` (incarnation `incarnation`) and registers it with the transport.
+    async fn start_group(&self, id: &str, incarnation: u64) -> Result<Arc<Group>> {
+        let dir = self.group_dir(id);
+        let marker = dir.join("incarnation");
+        let on_disk = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if on_disk.is_some_and(|n| n != incarnation) {
+            log::info!("group {id}: dropping the data of an earlier group of that name");
+            self.delete_group_data(id);
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::write(&marker, format!("{incarnation}\n"))
+            .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+        let mut group = Group::open(
+            &self.db,
+            self.wal.clone(),
+            id,
+            dir.join("snapshots"),
+            &self.opts,
+            self.net.for_group(id),
+            crate::tasks::Tasks::new(),
+        )
+        .await?;
+        group.incarnation = incarnation;
+        let group = Arc::new(group);
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), group.clone());
+        log::info!("group {id}: started");
+        Ok(group)
+    }
+
+    /// Initializes a new group's Raft with its members, if it has no state yet.
+    async fn initialize_group(&self, group: &Group, entry: &GroupEntry) -> Result<()> {
+        if group.is_initialized().await? {
+            return Ok(());
+        }
+        let nodes = self.cluster_nodes();
+        let mut members = BTreeMap::new();
+        for m in &entry.members {
+            let node = nodes
+                .get(m)
+                .ok_or_else(|| Error::Invalid(format!("member {m:?} is not a cluster node")))?;
+            members.insert(raft_id_for(m), node.clone());
+        }
+        group.initialize(members).await?;
+        log::info!("group {}: initialized with {:?}", group.id, entry.members);
+        Ok(())
+    }
+
+    /// Stops group `id` here; with `delete`, also drops its data once its stores are
+    /// released.
+    pub(crate) async fn stop_group(&self, id: &str, delete: bool) {
+        let Some(group) = self
+            .groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        else {
+            return;
+        };
+        let aborted = group.stop(GROUP_STOP_WAIT).await;
+        if aborted > 0 {
+            log::warn!("group {id}: {aborted} task(s) had to be aborted");
+        }
+        if !delete {
+            return;
+        }
+        // openraft's state-machine worker and replication tasks may hold the stores a
+        // little after shutdown: wait (bounded) for the last of them.
+        let ks = group.ks.clone();
+        drop(group);
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        while ks.handles() > 1 && tokio::time::Instant::now() < deadline {
+            // Polls a count that has no change notification; bounded by RELEASE_WAIT.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if ks.handles() > 1 {
+            return log::warn!(
+                "group {id}: its stores are still in use after {RELEASE_WAIT:?}; its data is \
+                 dropped at the next start"
+            );
+        }
+        drop(ks);
+        self.delete_group_data(id);
+        log::info!("group {id}: stopped and its data deleted");
+    }
+
+    /// Drops group `id`'s families and files (it must not be running).
+    fn delete_group_data(&self, id: &str) {
+        if let Err(e) = db::drop_group(&self.db, id) {
+            log::error!("group {id}: dropping its column families: {e}");
+            return;
+        }
+        let dir = self.group_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("group {id}: removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// Asks every node in `nodes` (this one locally) which groups it runs; `None` for
+    /// those that did not answer in time.
+    async fn ask_groups(&self, nodes: &[Node]) -> Vec<(String, Option<Vec<GroupState>>)> {
+        let asks = nodes.iter().map(|n| async move {
+            if n.id == self.me.id {
+                return (n.id.clone(), Some(self.local_states()));
+            }
+            let answer = match self
+                .net
+                .call(&n.raft_addr, &PeerRequest::Groups, ASK_TIMEOUT)
+                .await
+            {
+                Ok(PeerResponse::Groups(states)) => Some(states),
+                _ => None,
+            };
+            (n.id.clone(), answer)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// The catalogue entry of group `id`, or `NotFound`.
+    fn entry(&self, id: &str) -> Result<GroupEntry> {
+        if !db::valid_group_id(id) {
+            return Err(Error::Invalid(format!(
+                "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
+            )));
+        }
+        self.default_group()
+            .reader
+            .catalogue()
+            .map_err(|e| Error::io("reading the group catalogue", e))?
+            .remove(id)
+            .ok_or_else(|| Error::NotFound(format!("no group {id:?}")))
+    }
+
+    /// Group `id` as the cluster sees it (its members are asked).
+    pub async fn group_view(&self, id: &str) -> Result<GroupView> {
+        if id == db::DEFAULT_GROUP {
+            let s = self.default_group().status();
+            let state = state_of(self.default_group());
+            return Ok(GroupView {
+                id: id.to_string(),
+                members: s.members.iter().map(|m| m.node.id.clone()).collect(),
+                leader: s.leader,
+                term: s.term,
+                nodes: vec![state],
+                unreachable: Vec::new(),
+            });
+        }
+        let entry = self.entry(id)?;
+        let all = self.cluster_nodes();
+        let nodes: Vec<Node> = entry
+            .members
+            .iter()
+            .filter_map(|m| all.get(m).cloned())
+            .collect();
+        let answers = self.ask_groups(&nodes).await;
+        Ok(view(id, &entry, answers))
+    }
+
+    /// Every group (the default one first) as the cluster sees it.
+    pub async fn group_views(&self) -> Result<Vec<GroupView>> {
+        let catalogue = self
+            .default_group()
+            .reader
+            .catalogue()
+            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        let all: Vec<Node> = self.cluster_nodes().into_values().collect();
+        let answers = self.ask_groups(&all).await;
+        let mut out = vec![self.group_view(db::DEFAULT_GROUP).await?];
+        for (id, entry) in &catalogue {
+            let mine: Vec<(String, Option<Vec<GroupState>>)> = answers
+                .iter()
+                .filter(|(n, _)| entry.members.contains(n))
+                .cloned()
+                .collect();
+            out.push(view(id, entry, mine));
+        }
+        Ok(out)
+    }
+
+    /// The leader of group `id`, found by asking its members (`None`: none known).
+    async fn find_leader(&self, id: &str, entry: &GroupEntry) -> Option<Node> {
+        let all = self.cluster_nodes();
+        let nodes: Vec<Node> = entry
+            .members
+            .iter()
+            .filter_map(|m| all.get(m).cloned())
+            .collect();
+        view(id, entry, self.ask_groups(&nodes).await).leader
+    }
+
+    /// Why this node cannot serve group `id` itself, as the error that sends the client
+    /// on: to the leader, or for a stale read to a member; `NotFound` for no such group.
+    async fn elsewhere(&self, id: &str, level: ReadLevel) -> Error {
+        let entry = match self.entry(id) {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        if level == ReadLevel::Stale {
+            let all = self.cluster_nodes();
+            let member = entry
+                .members
+                .iter()
+                .filter(|m| **m != self.me.id)
+                .find_map(|m| all.get(m).cloned());
+            return Error::NotLeader { leader: member };
+        }
+        Error::NotLeader {
+            leader: self.find_leader(id, &entry).await,
+        }
+    }
+
+    /// Reads `key` in group `id` at `level`.
+    pub async fn group_get(&self, id: &str, key: &str, level: ReadLevel) -> Result<Option<String>> {
+        match self.local_group(id) {
+            Some(g) => g.get(key, level).await,
+            None => Err(self.elsewhere(id, level).await),
+        }
+    }
+
+    /// Sets every pair in group `id` in one log entry; returns its log index once applied.
+    pub async fn group_set(&self, id: &str, pairs: Vec<(String, String)>) -> Result<u64> {
+        self.group_write(id, Op::Set { pairs }).await
+    }
+
+    /// Deletes `key` in group `id`; returns the log index once applied.
+    pub async fn group_delete(&self, id: &str, key: String) -> Result<u64> {
+        self.group_write(id, Op::Delete { key }).await
+    }
+
+    async fn group_write(&self, id: &str, op: Op) -> Result<u64> {
+        match self.local_group(id) {
+            Some(g) => g.write(op).await,
+            None => Err(self.elsewhere(id, ReadLevel::Default).await),
+        }
+    }
+
+    /// Commits a catalogue change through the default group (this node must lead it).
+    async fn write_catalogue(&self, id: &str, entry: Option<GroupEntry>) -> Result<u64> {
+        self.default_group()
+            .propose(crate::types::Command::Catalogue {
+                group: id.to_string(),
+                entry,
+            })
+            .await
+    }
+
+    /// Waits (bounded) until every node of the cluster has applied the default group's
+    /// log up to `index`, as far as this leader's replication shows.
+    async fn wait_replicated(&self, index: u64) {
+        let mut rx = self.default_group().raft.metrics();
+        let wait = rx.wait_for(|m| {
+            m.replication
+                .iter()
+                .flatten()
+                .all(|(_, l)| l.is_some_and(|l| l.index >= index))
+        });
+        let _ = tokio::time::timeout(self.opts.write_timeout, wait).await;
+    }
+
+    /// Creates group `id` on `members` (cluster node ids; 1, 3 or 5 of them), led first by
+    /// the member leading the fewest groups; resolves once it has a leader.
+    pub async fn create_group(&self, id: &str, members: Vec<String>) -> Result<GroupView> {
+        self.check_leader()?;
+        if !db::valid_group_id(id) {
+            return Err(Error::Invalid(format!(
+                "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
+            )));
+        }
+        if id == db::DEFAULT_GROUP {
+            return Err(Error::Conflict("the default group always exists".into()));
+        }
+        if ![1, 3, 5].contains(&members.len()) {
+            return Err(Error::Invalid(format!(
+                "a group has 1, 3 or 5 members, not {}",
+                members.len()
+            )));
+        }
+        let all = self.cluster_nodes();
+        for (i, m) in members.iter().enumerate() {
+            if !all.contains_key(m) {
+                return Err(Error::Invalid(format!(
+                    "{m:?} is not a node of this cluster"
+                )));
+            }
+            if members[..i].contains(m) {
+                return Err(Error::Invalid(format!("{m:?} is listed twice")));
+            }
+        }
+        let _guard = self.lock_groups().await?;
+        let catalogue = self
+            .default_group()
+            .reader
+            .catalogue()
+            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        if let Some(e) = catalogue.get(id) {
+            return Err(Error::Conflict(format!(
+                "group {id:?} exists already, on {:?}",
+                e.members
+            )));
+        }
+        if catalogue.len() >= crate::catalogue::MAX_GROUPS {
+            return Err(Error::Invalid(format!(
+                "the cluster has {} groups, the most it may have",
+                catalogue.len()
+            )));
+        }
+        // Leaders are spread: the member leading the fewest groups (the default group
+        // counts) leads the new one first; ties go to the earliest listed.
+        let nodes: Vec<Node> = members.iter().filter_map(|m| all.get(m).cloned()).collect();
+        let answers = self.ask_groups(&nodes).await;
+        let leads = |m: &str| {
+            let default = usize::from(self.leader().is_some_and(|l| l.id == m));
+            let others = answers
+                .iter()
+                .find(|(n, _)| n == m)
+                .and_then(|(_, s)| s.as_ref())
+                .map(|s| s.iter().filter(|s| s.role == "leader").count())
+                .unwrap_or(usize::MAX / 2);
+            default + others
+        };
+        let init = members
+            .iter()
+            .min_by_key(|m| leads(m))
+            .cloned()
+            .expect("members is not empty");
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id());
+        let entry = GroupEntry {
+            members: members.clone(),
+            init: Some(init.clone()),
+            incarnation,
+        };
+        let index = self.write_catalogue(id, Some(entry.clone())).await?;
+        log::info!("group {id}: created on {members:?} at log {index}, led first by {init}");
+        self.wait_group_leader(id, &entry).await
+    }
+
+    /// Waits (bounded) until group `id` has a leader that every member knows (so that a
+    /// client's next request to any member is served or redirected, not refused); its
+    /// view then. At the deadline a leader that only some know is enough.
+    async fn wait_group_leader(&self, id: &str, entry: &GroupEntry) -> Result<GroupView> {
+        let t = self.opts.write_timeout * 2;
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let v = self.group_view(id).await?;
+            let agreed = v.leader.is_some()
+                && v.unreachable.is_empty()
+                && v.nodes.iter().all(|n| n.leader == v.leader);
+            let late = tokio::time::Instant::now() >= deadline;
+            if agreed || (late && v.leader.is_some()) {
+                return Ok(v);
+            }
+            if late {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "group {id} on {:?} electing its first leader",
+                        entry.members
+                    ),
+                    after: t,
+                });
+            }
+            // Asks the members again: there is no cross-node notification to wait on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Deletes group `id`: its catalogue entry now, its data on every member as each
+    /// applies that. Returns the log index of the deletion.
+    pub async fn delete_group(&self, id: &str) -> Result<u64> {
+        self.check_leader()?;
+        if id == db::DEFAULT_GROUP {
+            return Err(Error::Invalid("the default group cannot be deleted".into()));
+        }
+        let _guard = self.lock_groups().await?;
+        self.entry(id)?;
+        let index = self.write_catalogue(id, None).await?;
+        self.wait_replicated(index).await;
+        log::info!("group {id}: deleted at log {index}");
+        Ok(index)
+    }
+
+    /// Adds cluster node `member` to group `id`: the catalogue first (so the node starts
+    /// the group, empty), then the group's leader adds it as a learner and, once caught
+    /// up, as a voter.
+    pub async fn add_group_member(&self, id: &str, member: &str) -> Result<GroupView> {
+        self.check_leader()?;
+        if id == db::DEFAULT_GROUP {
+            return Err(Error::Invalid(
+                "nodes join the default group with /join".into(),
+            ));
+        }
+        let _guard = self.lock_groups().await?;
+        let mut entry = self.entry(id)?;
+        let all = self.cluster_nodes();
+        let node = all
+            .get(member)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("{member:?} is not a node of this cluster")))?;
+        if !entry.members.iter().any(|m| m == member) {
+            if entry.members.len() >= MAX_GROUP_MEMBERS {
+                return Err(Error::Invalid(format!(
+                    "group {id} has {MAX_GROUP_MEMBERS} members, the most a group may have"
+                )));
+            }
+            entry.members.push(member.to_string());
+            entry.init = None;
+            self.write_catalogue(id, Some(entry.clone())).await?;
+            self.wait_replicated_to(member).await;
+        }
+        self.ask_group_leader(id, &entry, MemberChange::Add(node))
+            .await?;
+        self.group_view(id).await
+    }
+
+    /// Removes `member` from group `id`: the group's leader removes it from the group's
+    /// Raft, then the catalogue drops it, and the node stops the group and deletes its data.
+    pub async fn remove_group_member(&self, id: &str, member: &str) -> Result<GroupView> {
+        self.check_leader()?;
+        if id == db::DEFAULT_GROUP {
+            return Err(Error::Invalid(
+                "nodes leave the default group with /remove".into(),
+            ));
+        }
+        let _guard = self.lock_groups().await?;
+        let mut entry = self.entry(id)?;
+        if !entry.members.iter().any(|m| m == member) {
+            return Err(Error::NotFound(format!(
+                "{member:?} is not a member of group {id}"
+            )));
+        }
+        if entry.members.len() == 1 {
+            return Err(Error::Invalid(format!(
+                "{member:?} is group {id}'s last member; delete the group instead"
+            )));
+        }
+        match self
+            .ask_group_leader(id, &entry, MemberChange::Remove(member.to_string()))
+            .await
+        {
+            // Already gone from the group's Raft (an earlier attempt got that far).
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        entry.members.retain(|m| m != member);
+        entry.init = None;
+        let index = self.write_catalogue(id, Some(entry)).await?;
+        self.wait_replicated(index).await;
+        self.group_view(id).await
+    }
+
+    /// Waits (bounded) until this leader has replicated its whole default-group log to
+    /// `member`, so that it has applied the latest catalogue and runs its groups.
+    async fn wait_replicated_to(&self, member: &str) {
+        if member == self.me.id {
+            return;
+        }
+        let id: NodeId = raft_id_for(member);
+        let mut rx = self.default_group().raft.metrics();
+        let wait = rx.wait_for(|m| {
+            let last = m.last_log_index;
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .is_some_and(|l| l.map(|l| l.index) >= last)
+        });
+        let _ = tokio::time::timeout(self.opts.write_timeout, wait).await;
+    }
+
+    /// Asks group `id`'s leader (this node, or another over the transport) to carry out
+    /// `change`, retrying (bounded) while the group has no leader or it moves.
+    async fn ask_group_leader(
+        &self,
+        id: &str,
+        entry: &GroupEntry,
+        change: MemberChange,
+    ) -> Result<u64> {
+        let t = self.opts.write_timeout * 2;
+        let deadline = tokio::time::Instant::now() + t;
+        let ttl = self.opts.catch_up_timeout + self.opts.write_timeout * 3;
+        loop {
+            let result = match self.local_group(id).filter(|g| g.is_leader()) {
+                Some(g) => match &change {
+                    MemberChange::Add(n) => g.add_member(n.clone()).await,
+                    MemberChange::Remove(m) => g.remove_member(m).await.map(|(_, i)| i),
+                },
+                None => match self.find_leader(id, entry).await {
+                    None => Err(Error::NotLeader { leader: None }),
+                    Some(leader) => {
+                        let req = PeerRequest::GroupMember {
+                            group: id.to_string(),
+                            change: change.clone(),
+                        };
+                        match self.net.call(&leader.raft_addr, &req, ttl).await {
+                            Ok(PeerResponse::GroupMember(r)) => r.map_err(Error::from),
+                            Ok(PeerResponse::NoGroup) => Err(Error::NotLeader { leader: None }),
+                            Ok(_) => Err(Error::Unavailable(format!(
+                                "{} gave an unexpected answer",
+                                leader.id
+                            ))),
+                            Err(e) => Err(Error::Unavailable(format!(
+                                "asking group {id}'s leader {}: {e:?}",
+                                leader.id
+                            ))),
+                        }
+                    }
+                },
+            };
+            match result {
+                Err(Error::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    // A backoff between asks while the group elects, not a wait for an event
+                    // this node could observe.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(Error::NotLeader { .. }) => {
+                    return Err(Error::Unavailable(format!(
+                        "group {id} has had no leader for {t:?}; retry later"
+                    )))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Serializes catalogue changes on the leader (bounded wait).
+    async fn lock_groups(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let t = Duration::from_secs(30);
+        tokio::time::timeout(t, self.groups_lock.lock())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "waiting for another group change to finish".into(),
+                after: t,
+            })
+    }
+}
+
+/// Combines a group's catalogue entry with its members' answers.
+fn view(
+    id: &str,
+    entry: &GroupEntry,
+    answers: Vec<(String, Option<Vec<GroupState>>)>,
+) -> GroupView {
+    let mut nodes = Vec::new();
+    let mut unreachable = Vec::new();
+    for (member, states) in answers {
+        match states.and_then(|s| s.into_iter().find(|s| s.group == id)) {
+            Some(s) => nodes.push(s),
+            None => unreachable.push(member),
+        }
+    }
+    let best = nodes
+        .iter()
+        .filter(|s| s.leader.is_some())
+        .max_by_key(|s| (s.term, s.role == "leader"));
+    GroupView {
+        id: id.to_string(),
+        members: entry.members.clone(),
+        leader: best.and_then(|s| s.leader.clone()),
+        term: nodes.iter().map(|s| s.term).max().unwrap_or(0),
+        nodes,
+        unreachable,
+    }
+}

@@ -1,0 +1,294 @@
+//! Multi-Raft groups, end to end with real processes: the walkthrough of issue 11 (a group
+//! on some of the nodes, its keys separate from the default group's, non-members sending
+//! clients on, members added and removed one at a time, the group deleted), and a member
+//! that restarts bringing its groups back.
+
+use reqwest::Method;
+use reqwest::StatusCode;
+use serde_json::json;
+use serde_json::Value;
+
+use crate::common::wait_for;
+use crate::common::TestCluster;
+use crate::common::DEADLINE;
+
+impl TestCluster {
+    /// A request to node `i` that follows redirects (like `curl -L`); status and JSON.
+    async fn follow_json(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let r = self
+            .follow
+            .request(method.clone(), self.nodes[i].url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path} on node{i}: {e}"));
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// Creates group `id` on the given nodes through node `via`; panics unless `201` with a
+    /// leader. Returns the group as the answer shows it.
+    async fn must_create_group(&self, via: usize, id: &str, members: &[usize]) -> Value {
+        let ids: Vec<&str> = members.iter().map(|m| self.nodes[*m].id.as_str()).collect();
+        let body = json!({"id": id, "members": ids}).to_string();
+        let (s, v) = self.follow_json(via, Method::POST, "/groups", &body).await;
+        assert_eq!(
+            s,
+            StatusCode::CREATED,
+            "POST /groups {body}: {v}\n{}",
+            self.logs(30)
+        );
+        assert!(
+            v["leader"]["id"].is_string(),
+            "a new group has a leader: {v}"
+        );
+        v
+    }
+
+    /// Writes `k` = `v` in group `g` through node `i` (following redirects), retrying
+    /// while the group elects a leader; panics unless it succeeds within the deadline.
+    async fn must_put_in(&self, i: usize, g: &str, k: &str, v: &str) {
+        let path = format!("/groups/{g}/key/{k}");
+        wait_for(&format!("PUT {path} via node{i}"), DEADLINE, || async {
+            let r = self
+                .follow
+                .put(self.nodes[i].url(&path))
+                .body(v.to_string())
+                .send()
+                .await;
+            r.ok().filter(|r| r.status() == StatusCode::OK).map(drop)
+        })
+        .await;
+    }
+
+    /// Waits until node `i` serves `k` = `v` in group `g` from its own state.
+    async fn must_see_in(&self, i: usize, g: &str, k: &str, v: &str) {
+        let path = format!("/groups/{g}/key/{k}?level=stale");
+        wait_for(
+            &format!("node{i} to serve {k}={v} in group {g}"),
+            DEADLINE,
+            || async {
+                let (s, _, body) = self.raw_any(i, Method::GET, &path, "").await?;
+                (s == StatusCode::OK && body[k] == v).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Like `raw`, but `None` while the node does not answer.
+    async fn raw_any(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> Option<(StatusCode, reqwest::header::HeaderMap, Value)> {
+        let r = self
+            .client
+            .request(method, self.nodes[i].url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .ok()?;
+        let (s, h) = (r.status(), r.headers().clone());
+        let v = r.json().await.unwrap_or(Value::Null);
+        Some((s, h, v))
+    }
+
+    /// Waits until node `i` no longer runs group `g` (its data directory is gone).
+    async fn must_not_run(&self, i: usize, g: &str) {
+        let dir = self.nodes[i].dir.join("groups").join(g);
+        wait_for(&format!("node{i} to drop group {g}"), DEADLINE, || async {
+            (!dir.exists()).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Issue 11's walkthrough, adapted: a cluster of four nodes; `mykey` in the default group;
+/// group g2 on three of them; `mykey` in g2 read from its members; the fourth node sends
+/// clients on; a member removed and another added; the group deleted.
+#[tokio::test]
+async fn the_multi_group_walkthrough() {
+    let c = TestCluster::start(4, &[]).await;
+    let leader = c.must_leader().await;
+    c.must_put(leader, "mykey", "in-default").await;
+
+    // Group g2 on three nodes, not on `outsider`. Its first leader is a member leading
+    // no group (the default group's leader leads one already).
+    let outsider = (leader + 1) % 4;
+    let members: Vec<usize> = (0..4).filter(|i| *i != outsider).collect();
+    let g2 = c.must_create_group(outsider, "g2", &members).await;
+    let ids: Vec<&str> = members.iter().map(|m| c.nodes[*m].id.as_str()).collect();
+    assert_eq!(g2["members"], json!(ids), "{g2}");
+    assert_ne!(
+        g2["leader"]["id"], c.nodes[leader].id,
+        "g2's first leader is not the default group's: {g2}"
+    );
+    c.must_put_in(members[0], "g2", "mykey", "in-g2").await;
+    for m in &members {
+        c.must_see_in(*m, "g2", "mykey", "in-g2").await;
+    }
+    // The groups' keys are separate.
+    assert_eq!(
+        c.must_get(outsider, "mykey", "consistent").await.as_deref(),
+        Some("in-default")
+    );
+    let (s, v) = c
+        .follow_json(
+            members[1],
+            Method::GET,
+            "/groups/g2/key/mykey?level=consistent",
+            "",
+        )
+        .await;
+    assert_eq!((s, &v["mykey"]), (StatusCode::OK, &json!("in-g2")), "{v}");
+
+    // A node outside the group sends clients on: leader-only requests to g2's leader,
+    // stale reads to a member, with the same path.
+    let g2_leader = c
+        .follow_json(outsider, Method::GET, "/groups/g2", "")
+        .await
+        .1["leader"]["http_addr"]
+        .as_str()
+        .expect("g2 has a leader")
+        .to_string();
+    for (method, path) in [
+        (Method::GET, "/groups/g2/key/mykey"),
+        (Method::PUT, "/groups/g2/key/mykey"),
+        (Method::GET, "/groups/g2/key/mykey?level=consistent"),
+    ] {
+        let (s, h, v) = c.raw(outsider, method.clone(), path, "x").await;
+        assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{method} {path}: {v}");
+        let loc = h["location"].to_str().unwrap();
+        assert!(
+            loc.ends_with(&format!("{g2_leader}{path}")),
+            "{method} {path} -> {loc}"
+        );
+    }
+    let (s, h, v) = c
+        .raw(
+            outsider,
+            Method::GET,
+            "/groups/g2/key/mykey?level=stale",
+            "",
+        )
+        .await;
+    assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{v}");
+    let loc = h["location"].to_str().unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|m| loc.starts_with(&c.nodes[*m].url("/groups/g2/key/mykey"))),
+        "a stale read goes to a member: {loc}"
+    );
+    // Unknown groups are 404, malformed ids 400; nothing is created by asking.
+    let (s, _, v) = c
+        .raw(leader, Method::GET, "/groups/nope/key/mykey", "")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _, v) = c
+        .raw(leader, Method::PUT, "/groups/no%20pe/key/mykey", "x")
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _, v) = c.raw(leader, Method::GET, "/groups", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let listed: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["default", "g2"], "{v}");
+
+    // Remove a member: it leaves g2 only (its data goes), and keeps serving the default
+    // group; g2 goes on with the others.
+    let leaving = members[2];
+    let path = format!("/groups/g2/members/{}", c.nodes[leaving].id);
+    let (s, v) = c.follow_json(outsider, Method::DELETE, &path, "").await;
+    assert_eq!(s, StatusCode::OK, "{v}\n{}", c.logs(30));
+    assert!(
+        !v["members"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(c.nodes[leaving].id)),
+        "{v}"
+    );
+    c.must_not_run(leaving, "g2").await;
+    let (s, _, _) = c
+        .raw(leaving, Method::GET, "/groups/g2/key/mykey?level=stale", "")
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::TEMPORARY_REDIRECT,
+        "a former member sends clients on"
+    );
+    assert_eq!(
+        c.must_get(leaving, "mykey", "stale").await.as_deref(),
+        Some("in-default")
+    );
+    c.must_put_in(members[0], "g2", "after", "removal").await;
+    c.must_see_in(members[1], "g2", "after", "removal").await;
+
+    // Add the outsider: learner, then voter; it catches up with everything.
+    let body = json!({"id": c.nodes[outsider].id}).to_string();
+    let (s, v) = c
+        .follow_json(leader, Method::POST, "/groups/g2/members", &body)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}\n{}", c.logs(30));
+    c.must_see_in(outsider, "g2", "mykey", "in-g2").await;
+    c.must_see_in(outsider, "g2", "after", "removal").await;
+    let (s, v) = c.follow_json(outsider, Method::GET, "/groups/g2", "").await;
+    assert_eq!(s, StatusCode::OK);
+    let voter = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == json!(c.nodes[outsider].id) && n["voter"] == json!(true));
+    assert!(voter, "the added node votes in g2: {v}");
+
+    // Delete the group: gone from the catalogue and from every member's disk.
+    let (s, v) = c
+        .follow_json(outsider, Method::DELETE, "/groups/g2", "")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, _) = c.raw(leader, Method::GET, "/groups/g2", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    for i in 0..4 {
+        c.must_not_run(i, "g2").await;
+    }
+    assert_eq!(
+        c.must_get(leader, "mykey", "consistent").await.as_deref(),
+        Some("in-default")
+    );
+}
+
+/// A member that is killed and restarted brings its groups back, and catches up with what
+/// was written while it was down.
+#[tokio::test]
+async fn a_restarted_member_brings_its_groups_back() {
+    let mut c = TestCluster::start(3, &[]).await;
+    c.must_create_group(0, "ga", &[0, 1, 2]).await;
+    c.must_create_group(0, "gb", &[0, 1, 2]).await;
+    for g in ["ga", "gb"] {
+        c.must_put_in(0, g, "k", g).await;
+    }
+    c.must_see_in(2, "ga", "k", "ga").await;
+    c.kill(2);
+    for g in ["ga", "gb"] {
+        c.must_put_in(0, g, "later", g).await;
+    }
+    c.restart(2);
+    for g in ["ga", "gb"] {
+        c.must_see_in(2, g, "k", g).await;
+        c.must_see_in(2, g, "later", g).await;
+    }
+}
