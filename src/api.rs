@@ -8,6 +8,7 @@ use hraftd_httpd::Backup;
 use hraftd_httpd::CfSize;
 use hraftd_httpd::CreateGroupRequest;
 use hraftd_httpd::GroupInfo;
+use hraftd_httpd::GroupMetrics;
 use hraftd_httpd::GroupNodeInfo;
 use hraftd_httpd::JoinRequest;
 use hraftd_httpd::KvStore;
@@ -111,6 +112,14 @@ impl KvStore for Api {
             .map_err(api_error)
     }
 
+    async fn transfer_leader(&self, id: &str, to: &str) -> Result<GroupInfo, ApiError> {
+        self.0
+            .transfer_leader(id, to)
+            .await
+            .map(group_info)
+            .map_err(api_error)
+    }
+
     async fn remove_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
         self.0
             .remove_group_member(id, member)
@@ -171,11 +180,34 @@ impl KvStore for Api {
                 })
                 .collect(),
             peer_rejected: m.peer_rejected,
+            groups: self
+                .0
+                .group_metrics()
+                .into_iter()
+                .map(|g| GroupMetrics {
+                    leader: g.role == "leader",
+                    has_leader: g.leader.is_some(),
+                    group: g.group,
+                    term: g.term,
+                    commit_index: g.commit_index,
+                    applied_index: g.applied_index,
+                    last_log_index: g.last_log_index,
+                })
+                .collect(),
         }
     }
 
-    async fn backup(&self, l: ReadLevel) -> Result<Backup, ApiError> {
-        let (b, permit) = self.0.backup(level(l)).await.map_err(api_error)?;
+    async fn group_status(&self, group: &str) -> Result<Status, ApiError> {
+        let s = self.0.group_status(group).await.map_err(api_error)?;
+        Ok(status(s, &self.0))
+    }
+
+    async fn backup(&self, group: &str, l: ReadLevel) -> Result<Backup, ApiError> {
+        let (b, permit) = self
+            .0
+            .group_backup(group, level(l))
+            .await
+            .map_err(api_error)?;
         Ok(Backup {
             file: b.file,
             bytes: b.bytes,

@@ -140,6 +140,13 @@ pub struct GroupMemberRequest {
     pub id: String,
 }
 
+/// `POST /groups/<g>/leader` body: the voter to move the group's leadership to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    pub id: String,
+}
+
 /// One member's own view of a group, inside [`GroupInfo`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupNodeInfo {

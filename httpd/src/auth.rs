@@ -61,7 +61,7 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
     match pattern {
         "/livez" | "/readyz" | "/openapi.json" => None,
         "/metrics" => Some(Perm::Metrics),
-        "/join" | "/remove" | "/backup" => Some(Perm::Admin),
+        "/join" | "/remove" | "/backup" | "/groups/{group}/backup" => Some(Perm::Admin),
         "/key" | "/key/{key:.*}" | "/groups/{group}/key" | "/groups/{group}/key/{key:.*}" => {
             Some(if *method == Method::GET || *method == Method::HEAD {
                 Perm::Read
@@ -79,7 +79,7 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
                 Perm::Admin
             })
         }
-        "/status" => Some(Perm::Read),
+        "/status" | "/groups/{group}/status" => Some(Perm::Read),
         // Unknown paths answer 404 whoever asks; they reveal nothing.
         _ => None,
     }

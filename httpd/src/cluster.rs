@@ -97,3 +97,14 @@ pub(crate) async fn remove<S: KvStore>(
 pub(crate) async fn status<S: KvStore>(store: web::Data<S>) -> HttpResponse {
     HttpResponse::Ok().json(store.status())
 }
+
+/// `GET /groups/<g>/status`: this node's view of group `<g>` (a node that does not run it
+/// redirects to a member).
+pub(crate) async fn group_status<S: KvStore>(
+    store: web::Data<S>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let g = req.match_info().get("group").unwrap_or("");
+    let g = crate::groups::valid_group(g)?;
+    Ok(HttpResponse::Ok().json(store.group_status(g).await?))
+}

@@ -11,6 +11,7 @@ use hraftd_client::wire::CreateGroupRequest;
 use hraftd_client::wire::GroupDeleted;
 use hraftd_client::wire::GroupList;
 use hraftd_client::wire::GroupMemberRequest;
+use hraftd_client::wire::TransferRequest;
 
 use crate::cluster::json_body;
 use crate::error::ApiError;
@@ -115,4 +116,18 @@ pub(crate) async fn remove_member<S: KvStore>(store: web::Data<S>, req: HttpRequ
         .map_err(|_| ApiError::BadRequest("member id decodes to invalid UTF-8".into()))?;
     valid_member(&id)?;
     Ok(HttpResponse::Ok().json(store.remove_group_member(&g, &id).await?))
+}
+
+/// `POST /groups/<g>/leader {"id":..}`: moves the group's leadership to that voter
+/// (served by the group's leader); answers once it leads.
+pub(crate) async fn transfer<S: KvStore>(
+    store: web::Data<S>,
+    settings: web::Data<Settings>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let g = path_group(&req)?;
+    let r: TransferRequest = json_body(&req, payload, &settings).await?;
+    valid_member(&r.id)?;
+    Ok(HttpResponse::Ok().json(store.transfer_leader(&g, &r.id).await?))
 }

@@ -18,6 +18,8 @@
 //! | `/groups` | `GET` (every Raft group), `POST` (create one) |
 //! | `/groups/<g>` | `GET`, `DELETE` |
 //! | `/groups/<g>/members`, `/groups/<g>/members/<id>` | `POST`, `DELETE` |
+//! | `/groups/<g>/leader` | `POST` (leadership transfer) |
+//! | `/groups/<g>/status`, `/groups/<g>/backup` | `GET`, as `/status` and `/backup` |
 //! | `/groups/<g>/key`, `/groups/<g>/key/<key>` | as `/key`, in group `<g>` |
 //! | `/openapi.json` | `GET` (this API, as OpenAPI 3; the file `httpd/openapi.json`) |
 
@@ -80,6 +82,20 @@ pub struct NodeMetrics {
     pub rocksdb: Vec<CfSize>,
     /// Refused peer connections by reason.
     pub peer_rejected: Vec<(String, u64)>,
+    /// Every group this node runs, the default one first.
+    pub groups: Vec<GroupMetrics>,
+}
+
+/// One group's numbers on this node, for `/metrics` (label `group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetrics {
+    pub group: String,
+    pub leader: bool,
+    pub has_leader: bool,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
 }
 
 /// A backup to stream: an open file (already unlinked) and what it holds.
@@ -122,8 +138,14 @@ pub trait KvStore: Send + Sync + 'static {
     /// Why the node is not alive (e.g. Raft stopped on a fatal error), `None` while it is.
     fn not_live(&self) -> Option<String>;
     fn metrics(&self) -> NodeMetrics;
-    /// A consistent image of the applied data, taken at `level`.
-    fn backup(&self, level: ReadLevel) -> impl Future<Output = Result<Backup, ApiError>>;
+    /// A consistent image of `group`'s applied data, taken at `level`.
+    fn backup(
+        &self,
+        group: &str,
+        level: ReadLevel,
+    ) -> impl Future<Output = Result<Backup, ApiError>>;
+    /// This node's view of `group`, as `/status` shows the default group's.
+    fn group_status(&self, group: &str) -> impl Future<Output = Result<Status, ApiError>>;
     /// Every Raft group, the default one first.
     fn groups(&self) -> impl Future<Output = Result<Vec<GroupInfo>, ApiError>>;
     /// One group (`404` for none).
@@ -146,6 +168,12 @@ pub trait KvStore: Send + Sync + 'static {
         &self,
         id: &str,
         member: &str,
+    ) -> impl Future<Output = Result<GroupInfo, ApiError>>;
+    /// Moves a group's leadership to one of its voters; resolves once it leads.
+    fn transfer_leader(
+        &self,
+        id: &str,
+        to: &str,
     ) -> impl Future<Output = Result<GroupInfo, ApiError>>;
 }
 
@@ -270,6 +298,21 @@ fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/groups/{group}/members/{id}")
             .route(web::delete().to(groups::remove_member::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/leader")
+            .route(web::post().to(groups::transfer::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/status")
+            .route(web::get().to(cluster::group_status::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/backup")
+            .route(web::get().to(ops::backup::<S>))
             .default_service(not_allowed()),
     )
     .service(

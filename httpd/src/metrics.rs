@@ -228,6 +228,61 @@ fn node_registry(n: &NodeMetrics) -> Registry {
         "reason",
         n.peer_rejected.iter().map(|(k, v)| (k.as_str(), *v as f64)),
     );
+    let groups = &n.groups;
+    let by_group = |f: fn(&crate::GroupMetrics) -> f64| {
+        groups
+            .iter()
+            .map(move |g| (g.group.as_str(), f(g)))
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        &r,
+        "hraftd_groups",
+        "Raft groups this node runs, the default one included",
+        groups.len() as f64,
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_leader",
+        "1 if this node leads the group",
+        "group",
+        by_group(|g| f64::from(u8::from(g.leader))),
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_has_leader",
+        "1 if this node knows the group's leader",
+        "group",
+        by_group(|g| f64::from(u8::from(g.has_leader))),
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_term",
+        "The group's current Raft term on this node",
+        "group",
+        by_group(|g| g.term as f64),
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_commit_index",
+        "Highest log index of the group known to be committed",
+        "group",
+        by_group(|g| g.commit_index as f64),
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_applied_index",
+        "Highest log index of the group applied here",
+        "group",
+        by_group(|g| g.applied_index as f64),
+    );
+    gauge_vec(
+        &r,
+        "hraftd_group_last_log_index",
+        "Index of the last entry in this node's log of the group",
+        "group",
+        by_group(|g| g.last_log_index as f64),
+    );
     gauge(
         &r,
         "hraftd_ready",

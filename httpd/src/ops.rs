@@ -48,7 +48,11 @@ pub(crate) async fn backup<S: KvStore>(
 ) -> Result<HttpResponse, ApiError> {
     use futures::StreamExt;
     let level = key::query_level(&req)?;
-    let b = store.backup(level).await?;
+    let group = match req.match_info().get("group") {
+        Some(g) => crate::groups::valid_group(g)?.to_string(),
+        None => crate::DEFAULT_GROUP.to_string(),
+    };
+    let b = store.backup(&group, level).await?;
     let file = tokio::fs::File::from_std(b.file);
     let permit = b.permit;
     let deadline = settings.backup_deadline;

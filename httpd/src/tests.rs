@@ -187,6 +187,15 @@ impl KvStore for Fake {
         self.group_info(id)
     }
 
+    async fn transfer_leader(&self, id: &str, to: &str) -> Result<GroupInfo, ApiError> {
+        self.leader_check()?;
+        let info = self.group_info(id)?;
+        if !info.members.iter().any(|m| m == to) {
+            return Err(ApiError::BadRequest(format!("{to:?} is not a voter")));
+        }
+        Ok(info)
+    }
+
     async fn remove_group_member(&self, id: &str, member: &str) -> Result<GroupInfo, ApiError> {
         self.leader_check()?;
         let info = self.group_info(id)?;
@@ -264,10 +273,25 @@ impl KvStore for Fake {
                 memtable_bytes: 200,
             }],
             peer_rejected: vec![("handshake".into(), 7)],
+            groups: vec![GroupMetrics {
+                group: "default".into(),
+                leader: true,
+                has_leader: true,
+                term: 3,
+                commit_index: 12,
+                applied_index: 12,
+                last_log_index: 12,
+            }],
         }
     }
 
-    async fn backup(&self, level: ReadLevel) -> Result<Backup, ApiError> {
+    async fn group_status(&self, group: &str) -> Result<Status, ApiError> {
+        self.group_info(group)?;
+        Ok(self.status())
+    }
+
+    async fn backup(&self, group: &str, level: ReadLevel) -> Result<Backup, ApiError> {
+        self.slot(group, "")?;
         if level != ReadLevel::Stale {
             self.leader_check()?;
         }

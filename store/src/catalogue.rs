@@ -9,7 +9,7 @@
 //! holds the whole family) carries the catalogue with it.
 //!
 //! The catalogue says what should run; each node's host (`node.rs`) compares it with the
-//! groups it runs after every change ([`Changes`]) and starts or stops its own.
+//! groups it runs after every change (`Changes`) and starts or stops its own.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -84,10 +84,26 @@ pub(crate) struct Group {
     pub(crate) snapshot_dir: PathBuf,
     /// Which creation of the group this is (its catalogue entry's); 0 for the default.
     pub(crate) incarnation: u64,
+    /// Set while this leader hands its leadership to another voter: writes are refused
+    /// (`503`, retry) so that the target can hold the whole log when it campaigns.
+    transferring: std::sync::atomic::AtomicBool,
+    /// The peer transport, to tell a transfer's target to campaign.
+    net: Network,
+    /// When this node last became the group's leader, and in which term (kept by the
+    /// "leadership clock" task): voters, this leader included, refuse every vote until its
+    /// lease (`election_timeout_max`) has passed since then, so a transfer waits for it.
+    led_since: Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>,
+    /// openraft's leader lease (its `election_timeout_max`).
+    lease: Duration,
     write_timeout: Duration,
     read_timeout: Duration,
     catch_up_timeout: Duration,
 }
+
+/// How long a transfer's target may take to hold the leader's whole log.
+const TRANSFER_CATCH_UP: Duration = Duration::from_secs(1);
+/// How long the target may take to win its election once asked.
+const TRANSFER_ELECTION: Duration = Duration::from_secs(3);
 
 impl Group {
     /// Opens (or creates) group `id`'s storage in `db` and starts its Raft on `net`.
@@ -134,11 +150,13 @@ impl Group {
         .validate()
         .map_err(|e| Error::Invalid(format!("raft config: {e}")))?;
         let raft_id = raft_id_for(&opts.id);
-        let raft = Raft::new(raft_id, Arc::new(config), net, log_store, sm)
+        let raft = Raft::new(raft_id, Arc::new(config), net.clone(), log_store, sm)
             .await
             .map_err(|e| Error::raft(format!("starting raft for group {id}"), e))?;
         let writer = batch::Writer::spawn(raft.clone(), &tasks);
         let reads = batch::ReadBarrier::spawn(raft.clone(), &tasks);
+        let led_since = Arc::default();
+        spawn_leadership_clock(&raft, &tasks, raft_id, Arc::clone(&led_since));
         Ok(Group {
             id: id.to_string(),
             raft,
@@ -161,6 +179,10 @@ impl Group {
             membership_lock: tokio::sync::Mutex::new(()),
             snapshot_dir,
             incarnation: 0,
+            transferring: Default::default(),
+            net,
+            led_since,
+            lease: opts.election_timeout.end,
             write_timeout: opts.write_timeout,
             read_timeout: opts.read_timeout,
             catch_up_timeout: opts.catch_up_timeout,
@@ -236,6 +258,7 @@ impl Group {
     /// its log index.
     pub(crate) async fn write(&self, op: Op) -> Result<u64> {
         self.check_leader()?;
+        self.check_not_transferring()?;
         let t = self.write_timeout;
         let pending = match self.writer.write(op) {
             Ok(p) => p,
@@ -268,6 +291,7 @@ impl Group {
     /// commands such as catalogue changes) and waits (bounded) for it to apply.
     pub(crate) async fn propose(&self, cmd: Command) -> Result<u64> {
         self.check_leader()?;
+        self.check_not_transferring()?;
         let t = self.write_timeout;
         match tokio::time::timeout(t, self.raft.client_write(cmd)).await {
             Err(_) => Err(Error::OutcomeUnknown {
@@ -299,6 +323,142 @@ impl Group {
             },
             RaftError::Fatal(f) => fatal(f),
         }
+    }
+
+    fn check_not_transferring(&self) -> Result<()> {
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(format!(
+                "group {}'s leadership is being transferred; retry shortly",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Campaigns at once (the target's side of a leadership transfer); this node must be
+    /// a voter.
+    pub(crate) async fn campaign(&self) -> Result<()> {
+        let voter = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.raft_id)
+        };
+        if !voter {
+            return Err(Error::Invalid(format!(
+                "{} is not a voter of group {}",
+                self.me.id, self.id
+            )));
+        }
+        log::info!("group {}: campaigning, as asked by its leader", self.id);
+        self.raft.trigger().elect().await.map_err(fatal)
+    }
+
+    /// Hands this node's leadership to the voter `to` (openraft 0.9 has no transfer, so:
+    /// writes stop, the target catches up with the whole log, then campaigns; this
+    /// leader grants its vote, which with three voters is a majority). Returns once `to`
+    /// leads.
+    pub(crate) async fn transfer_leadership(&self, to: &str) -> Result<Node> {
+        self.check_leader()?;
+        let target = raft_id_for(to);
+        let node = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let mem = m.membership_config.membership();
+            let voter = mem.voter_ids().any(|v| v == target);
+            mem.get_node(&target)
+                .filter(|n| voter && n.id == to)
+                .cloned()
+        };
+        let Some(node) = node else {
+            return Err(Error::Invalid(format!(
+                "{to:?} is not a voter of group {}",
+                self.id
+            )));
+        };
+        if target == self.raft_id {
+            return Ok(node);
+        }
+        let _guard = self.lock_membership().await?;
+        // Until this leader's lease has passed, every voter (itself too) refuses the
+        // target's vote request, and a refused campaign costs an election timeout.
+        let since = *self.led_since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, at)) = since {
+            let wait = (self.lease + Duration::from_millis(50)).saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                log::info!(
+                    "group {}: waiting {wait:?} for this leader's lease before the transfer",
+                    self.id
+                );
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.check_leader()?;
+        self.transferring.store(true, Ordering::Release);
+        let result = self.hand_over(target, &node).await;
+        self.transferring.store(false, Ordering::Release);
+        result.map(|()| node)
+    }
+
+    async fn hand_over(&self, target: NodeId, node: &Node) -> Result<()> {
+        let mut rx = self.raft.metrics();
+        let caught_up = rx.wait_for(|m| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target))
+                .and_then(|l| l.as_ref())
+                .map(|l| l.index);
+            m.state != ServerState::Leader || matched >= m.last_log_index
+        });
+        tokio::time::timeout(TRANSFER_CATCH_UP, caught_up)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!(
+                    "{} catching up with the whole log before a transfer",
+                    node.id
+                ),
+                after: TRANSFER_CATCH_UP,
+            })?
+            .map_err(|_| Error::ShuttingDown)?;
+        self.check_leader()?;
+        let req = network::PeerRequest::Elect {
+            group: self.id.clone(),
+        };
+        match self
+            .net
+            .call(&node.raft_addr, &req, TRANSFER_CATCH_UP)
+            .await
+        {
+            Ok(network::PeerResponse::Elected(Ok(()))) => {}
+            Ok(network::PeerResponse::Elected(Err(e))) => return Err(e.into()),
+            Ok(_) => {
+                return Err(Error::Unavailable(format!(
+                    "{} does not run group {}",
+                    node.id, self.id
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "asking {} to campaign: {e:?}",
+                    node.id
+                )))
+            }
+        }
+        self.raft
+            .wait(Some(TRANSFER_ELECTION))
+            .metrics(
+                |m| m.current_leader == Some(target),
+                "the transfer's target to lead",
+            )
+            .await
+            .map(drop)
+            .map_err(|_| Error::Timeout {
+                what: format!("{} winning the election of group {}", node.id, self.id),
+                after: TRANSFER_ELECTION,
+            })
     }
 
     /// Whether this node currently believes it leads this group.
@@ -562,6 +722,41 @@ impl Group {
     pub(crate) fn reads(&self) -> &batch::ReadBarrier {
         &self.reads
     }
+}
+
+/// Keeps `led_since`: when this node last became the leader, and in which term.
+fn spawn_leadership_clock(
+    raft: &Raft,
+    tasks: &Tasks,
+    me: NodeId,
+    led_since: Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>,
+) {
+    let mut rx = raft.metrics();
+    let mut stop = tasks.stopping();
+    tasks.spawn("leadership clock", async move {
+        loop {
+            let (leads, term) = {
+                let m = rx.borrow_and_update();
+                (
+                    m.state == ServerState::Leader && m.current_leader == Some(me),
+                    m.current_term,
+                )
+            };
+            {
+                let mut since = led_since.lock().unwrap_or_else(|e| e.into_inner());
+                match (*since, leads) {
+                    (Some((t, _)), true) if t == term => {}
+                    (_, true) => *since = Some((term, std::time::Instant::now())),
+                    (_, false) => *since = None,
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stop.wait() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    });
 }
 
 /// A duration in whole milliseconds, as openraft's config takes it.

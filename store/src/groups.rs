@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -24,6 +25,7 @@ use crate::db;
 use crate::error::Error;
 use crate::error::Result;
 use crate::group::Group;
+use crate::network::GroupHost;
 use crate::network::MemberChange;
 use crate::network::PeerRequest;
 use crate::network::PeerResponse;
@@ -62,6 +64,8 @@ pub struct GroupState {
     pub learners: Vec<String>,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The index of the last entry in this node's log of the group.
+    pub last_log_index: u64,
 }
 
 /// One group as the cluster sees it: its catalogue entry and what each member says.
@@ -143,9 +147,69 @@ impl From<WireError> for Error {
     }
 }
 
+/// What the transport asks of the groups (a weak handle: the transport must not keep the
+/// store alive).
+struct Host(std::sync::Weak<Store>);
+
+impl Host {
+    fn running(&self, id: &str) -> Option<Arc<Group>> {
+        let store = self.0.upgrade()?;
+        let g = store
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        g
+    }
+}
+
+impl GroupHost for Host {
+    fn raft(&self, id: &str) -> Option<(crate::types::Raft, crate::network::LeaderContact)> {
+        self.running(id)
+            .map(|g| (g.raft.clone(), g.contact.clone()))
+    }
+
+    fn states(&self) -> Vec<GroupState> {
+        self.0
+            .upgrade()
+            .map(|s| s.local_states())
+            .unwrap_or_default()
+    }
+
+    fn change_members(
+        &self,
+        id: String,
+        change: MemberChange,
+    ) -> BoxFuture<'static, Option<std::result::Result<u64, WireError>>> {
+        let group = self.running(&id);
+        Box::pin(async move {
+            let group = group?;
+            let r = match change {
+                MemberChange::Add(node) => group.add_member(node).await,
+                MemberChange::Remove(member) => group.remove_member(&member).await.map(|(_, i)| i),
+            };
+            Some(r.map_err(WireError::from))
+        })
+    }
+
+    fn elect(&self, id: &str) -> BoxFuture<'static, Option<std::result::Result<(), WireError>>> {
+        // The default group too: a transfer may move its leadership.
+        let group = match id {
+            db::DEFAULT_GROUP => self.0.upgrade().map(|s| s.default_group().clone()),
+            _ => self.running(id),
+        };
+        Box::pin(async move {
+            let group = group?;
+            Some(group.campaign().await.map_err(WireError::from))
+        })
+    }
+}
+
 /// The state `group` (run here) is in, as `node` sees it.
 fn state_of(group: &Group) -> GroupState {
     let s = group.status();
+    let last_log_index = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
     let (voters, learners): (Vec<_>, Vec<_>) = s.members.iter().partition(|m| m.voter);
     GroupState {
         group: group.id.clone(),
@@ -157,6 +221,7 @@ fn state_of(group: &Group) -> GroupState {
         learners: learners.into_iter().map(|m| m.node.id.clone()).collect(),
         commit_index: s.commit_index,
         applied_index: s.applied_index,
+        last_log_index,
     }
 }
 
@@ -173,67 +238,9 @@ impl Store {
             .cloned()
     }
 
-    /// The transport's view of the groups: their RPCs, states and member changes.
-    pub(crate) fn group_hooks(
-        self: &Arc<Self>,
-    ) -> (
-        Box<
-            dyn Fn(&str) -> Option<(crate::types::Raft, crate::network::LeaderContact)>
-                + Send
-                + Sync,
-        >,
-        Box<dyn Fn() -> Vec<GroupState> + Send + Sync>,
-        Box<
-            dyn Fn(
-                    String,
-                    MemberChange,
-                ) -> futures::future::BoxFuture<
-                    'static,
-                    Option<std::result::Result<u64, WireError>>,
-                > + Send
-                + Sync,
-        >,
-    ) {
-        let (a, b, c) = (
-            Arc::downgrade(self),
-            Arc::downgrade(self),
-            Arc::downgrade(self),
-        );
-        (
-            Box::new(move |id| {
-                let store = a.upgrade()?;
-                let g = store
-                    .groups
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(id)
-                    .cloned()?;
-                Some((g.raft.clone(), g.contact.clone()))
-            }),
-            Box::new(move || match b.upgrade() {
-                Some(store) => store.local_states(),
-                None => Vec::new(),
-            }),
-            Box::new(move |id, change| {
-                let c = c.clone();
-                Box::pin(async move {
-                    let store = c.upgrade()?;
-                    let group = store
-                        .groups
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&id)
-                        .cloned()?;
-                    let r = match change {
-                        MemberChange::Add(node) => group.add_member(node).await,
-                        MemberChange::Remove(member) => {
-                            group.remove_member(&member).await.map(|(_, i)| i)
-                        }
-                    };
-                    Some(r.map_err(WireError::from))
-                })
-            }),
-        )
+    /// The transport's view of this node's groups.
+    pub(crate) fn group_host(self: &Arc<Self>) -> Arc<dyn GroupHost> {
+        Arc::new(Host(Arc::downgrade(self)))
     }
 
     /// The state of every catalogue group this node runs.
@@ -548,7 +555,7 @@ impl Store {
 
     /// Why this node cannot serve group `id` itself, as the error that sends the client
     /// on: to the leader, or for a stale read to a member; `NotFound` for no such group.
-    async fn elsewhere(&self, id: &str, level: ReadLevel) -> Error {
+    pub(crate) async fn elsewhere(&self, id: &str, level: ReadLevel) -> Error {
         let entry = match self.entry(id) {
             Ok(e) => e,
             Err(e) => return e,
@@ -880,6 +887,33 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// This node's view of group `id` (as `/status` is of the default group); a node that
+    /// does not run it sends the client to a member.
+    pub async fn group_status(&self, id: &str) -> Result<crate::Status> {
+        match self.local_group(id) {
+            Some(g) => Ok(g.status()),
+            None => Err(self.elsewhere(id, ReadLevel::Stale).await),
+        }
+    }
+
+    /// Every group this node runs (the default one first), for `/metrics`.
+    pub fn group_metrics(&self) -> Vec<GroupState> {
+        let mut out = vec![state_of(self.default_group())];
+        out.extend(self.local_states());
+        out
+    }
+
+    /// Moves group `id`'s leadership to its voter `to` (served by the group's leader; the
+    /// default group's too).
+    pub async fn transfer_leader(&self, id: &str, to: &str) -> Result<GroupView> {
+        let Some(group) = self.local_group(id) else {
+            return Err(self.elsewhere(id, ReadLevel::Default).await);
+        };
+        let new = group.transfer_leadership(to).await?;
+        log::info!("group {id}: leadership moved to {}", new.id);
+        self.group_view(id).await
     }
 
     /// Serializes catalogue changes on the leader (bounded wait).

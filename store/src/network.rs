@@ -171,6 +171,11 @@ pub(crate) enum PeerRequest {
         group: String,
         change: MemberChange,
     },
+    /// Asks this node to campaign in `group` at once: the last step of a leadership
+    /// transfer, sent by the leader once this node holds its whole log.
+    Elect {
+        group: String,
+    },
 }
 
 /// The openraft RPCs, as carried for a catalogue group.
@@ -202,6 +207,7 @@ pub(crate) enum PeerResponse {
     NoGroup,
     Groups(Vec<crate::groups::GroupState>),
     GroupMember(Result<u64, crate::groups::WireError>),
+    Elected(Result<(), crate::groups::WireError>),
 }
 
 /// A node's answer to [`PeerRequest::Membership`].
@@ -652,23 +658,31 @@ pub(crate) struct Hooks {
     pub(crate) membership: Box<dyn Fn() -> io::Result<MembershipAnswer> + Send + Sync>,
     /// Accepted appends are recorded here; stopping notices too.
     pub(crate) contact: LeaderContact,
-    /// The Raft and leader contact of catalogue group `id`, if this node runs it.
-    pub(crate) group: Box<dyn Fn(&str) -> Option<(Raft, LeaderContact)> + Send + Sync>,
-    /// The state of every catalogue group this node runs.
-    pub(crate) groups: Box<dyn Fn() -> Vec<crate::groups::GroupState> + Send + Sync>,
-    /// Carries out a member change of a group this node leads.
-    pub(crate) group_member: Box<
-        dyn Fn(
-                String,
-                MemberChange,
-            )
-                -> futures::future::BoxFuture<'static, Option<Result<u64, crate::groups::WireError>>>
-            + Send
-            + Sync,
-    >,
+    /// The catalogue groups this node runs.
+    pub(crate) groups: Arc<dyn GroupHost>,
     /// Refusals are counted here.
     pub(crate) stats: Arc<PeerStats>,
     pub(crate) auth: PeerAuth,
+}
+
+/// What the transport asks of the catalogue groups this node runs (`groups.rs`).
+pub(crate) trait GroupHost: Send + Sync {
+    /// The Raft and leader contact of group `id`, if this node runs it.
+    fn raft(&self, id: &str) -> Option<(Raft, LeaderContact)>;
+    /// The state of every catalogue group this node runs.
+    fn states(&self) -> Vec<crate::groups::GroupState>;
+    /// Carries out a member change of group `id`, which this node leads; `None`: it does
+    /// not run that group.
+    fn change_members(
+        &self,
+        id: String,
+        change: MemberChange,
+    ) -> futures::future::BoxFuture<'static, Option<Result<u64, crate::groups::WireError>>>;
+    /// Starts an election in group `id` now (a leadership transfer to this node).
+    fn elect(
+        &self,
+        id: &str,
+    ) -> futures::future::BoxFuture<'static, Option<Result<(), crate::groups::WireError>>>;
 }
 
 /// Serves peer RPCs for `raft` on `listener` until `shutdown` resolves; then stops
@@ -851,17 +865,21 @@ async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<Peer
         PeerRequest::Append(r) => handle_rpc(GroupRpc::Append(r), raft, &hooks.contact).await,
         PeerRequest::Vote(r) => handle_rpc(GroupRpc::Vote(r), raft, &hooks.contact).await,
         PeerRequest::Snapshot(r) => handle_rpc(GroupRpc::Snapshot(r), raft, &hooks.contact).await,
-        PeerRequest::Group { group, rpc } => match (hooks.group)(&group) {
+        PeerRequest::Group { group, rpc } => match hooks.groups.raft(&group) {
             Some((raft, contact)) => handle_rpc(rpc, &raft, &contact).await,
             None => PeerResponse::NoGroup,
         },
-        PeerRequest::Groups => PeerResponse::Groups((hooks.groups)()),
+        PeerRequest::Groups => PeerResponse::Groups(hooks.groups.states()),
         PeerRequest::GroupMember { group, change } => {
-            match (hooks.group_member)(group, change).await {
+            match hooks.groups.change_members(group, change).await {
                 Some(r) => PeerResponse::GroupMember(r),
                 None => PeerResponse::NoGroup,
             }
         }
+        PeerRequest::Elect { group } => match hooks.groups.elect(&group).await {
+            Some(r) => PeerResponse::Elected(r),
+            None => PeerResponse::NoGroup,
+        },
         PeerRequest::Removed {
             node_id,
             membership_index,

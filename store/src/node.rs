@@ -357,7 +357,6 @@ impl Store {
         let weak = Arc::downgrade(self);
         let reader = self.default.reader.clone();
         let raft = self.default.raft.clone();
-        let (group, groups, group_member) = self.group_hooks();
         let hooks = network::Hooks {
             removal_notice: Box::new(move |node_id, index| {
                 if let Some(store) = weak.upgrade() {
@@ -374,9 +373,7 @@ impl Store {
                 })
             }),
             contact: self.default.contact.clone(),
-            group,
-            groups,
-            group_member,
+            groups: self.group_host(),
             stats: self.peer_stats.clone(),
             auth: self.opts.peer_auth.clone(),
         };
@@ -538,14 +535,26 @@ impl Store {
         &self,
         level: ReadLevel,
     ) -> Result<(crate::Backup, tokio::sync::OwnedSemaphorePermit)> {
+        self.group_backup(db::DEFAULT_GROUP, level).await
+    }
+
+    /// As [`Store::backup`], of group `group`; a node that does not run it sends the
+    /// client on (to the leader, or for a stale backup to a member).
+    pub async fn group_backup(
+        &self,
+        group: &str,
+        level: ReadLevel,
+    ) -> Result<(crate::Backup, tokio::sync::OwnedSemaphorePermit)> {
+        let Some(g) = self.local_group(group) else {
+            return Err(self.elsewhere(group, level).await);
+        };
         let Ok(permit) = self.backups.clone().try_acquire_owned() else {
             return Err(Error::Unavailable(format!(
                 "{MAX_BACKUPS} backups are already being sent; retry later"
             )));
         };
-        self.default.ensure_level(level).await?;
-        let b = self
-            .default
+        g.ensure_level(level).await?;
+        let b = g
             .reader
             .backup(self.opts.data_dir.join("backups"))
             .await

@@ -209,6 +209,33 @@ async fn the_multi_group_walkthrough() {
         .collect();
     assert_eq!(listed, ["default", "g2"], "{v}");
 
+    // Per-group status, metrics and backup on a member.
+    let (s, _, v) = c
+        .raw(members[1], Method::GET, "/groups/g2/status", "")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    let text = c.metrics_text(members[1]).await;
+    assert!(
+        text.contains("hraftd_group_applied_index{group=\"g2\"}")
+            && text.contains("hraftd_group_applied_index{group=\"default\"}"),
+        "per-group metrics: {text}"
+    );
+    let r = c
+        .follow
+        .get(c.nodes[members[1]].url("/groups/g2/backup?level=stale"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-hraftd-keys"],
+        "1",
+        "g2's backup holds g2's one key"
+    );
+    let (s, h, _) = c.raw(outsider, Method::GET, "/groups/g2/status", "").await;
+    assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{h:?}");
+
     // Remove a member: it leaves g2 only (its data goes), and keeps serving the default
     // group; g2 goes on with the others.
     let leaving = members[2];
@@ -291,4 +318,50 @@ async fn a_restarted_member_brings_its_groups_back() {
         c.must_see_in(2, g, "k", g).await;
         c.must_see_in(2, g, "later", g).await;
     }
+}
+
+/// `POST /groups/<g>/leader` moves a group's leadership to the voter named, and the
+/// default group's too; what was written before is still there, and writes go on.
+#[tokio::test]
+async fn leadership_moves_to_the_voter_named() {
+    let c = TestCluster::start(3, &[]).await;
+    c.must_create_group(0, "gt", &[0, 1, 2]).await;
+    c.must_put_in(0, "gt", "before", "1").await;
+    for g in ["gt", "default"] {
+        let (_, v) = c
+            .follow_json(0, Method::GET, &format!("/groups/{g}"), "")
+            .await;
+        let old = v["leader"]["id"].as_str().expect("a leader").to_string();
+        let target = c.nodes.iter().find(|n| n.id != old).unwrap().id.clone();
+        let body = json!({"id": target}).to_string();
+        let started = std::time::Instant::now();
+        let (s, v) = c
+            .follow_json(2, Method::POST, &format!("/groups/{g}/leader"), &body)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{g}: {v}\n{}", c.logs(30));
+        assert_eq!(v["leader"]["id"], json!(target), "{g}: {v}");
+        println!(
+            "{g}: leadership moved from {old} to {target} in {:?}",
+            started.elapsed()
+        );
+        // Not a voter: 400, and nothing moves.
+        let (s, _, v) = c
+            .raw(
+                0,
+                Method::POST,
+                &format!("/groups/{g}/leader"),
+                r#"{"id":"nobody"}"#,
+            )
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::TEMPORARY_REDIRECT,
+            "{g}: {s} {v}"
+        );
+    }
+    c.must_put_in(1, "gt", "after", "2").await;
+    let (s, v) = c
+        .follow_json(0, Method::GET, "/groups/gt/key/before?level=consistent", "")
+        .await;
+    assert_eq!((s, &v["before"]), (StatusCode::OK, &json!("1")), "{v}");
+    assert_eq!(c.must_get(0, "mykey", "consistent").await, None);
 }
