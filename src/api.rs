@@ -39,6 +39,7 @@ fn api_error(e: Error) -> ApiError {
         Error::Invalid(m) => ApiError::BadRequest(m),
         Error::TooLarge(m) => ApiError::TooLarge(m),
         Error::NotFound(m) => ApiError::NotFound(m),
+        Error::GroupNotFound(m) => ApiError::GroupNotFound(m),
         Error::Forbidden(m) => ApiError::Forbidden(m),
         Error::Conflict(m) => ApiError::Conflict(m),
         Error::Storage(_) | Error::Io { .. } | Error::Raft { .. } => {

@@ -31,6 +31,8 @@ use hraftd_store::PeerAuth;
     after_help = "Commands:\n  \
                   hraftd restore --from FILE [flags] DATA_DIR   seed a new single-node cluster \
                   from a backup (GET /backup)\n  \
+                  hraftd load --from FILE --to ADDR [--group G]  load a backup into a running \
+                  cluster's group\n  \
                   hraftd gen-key FILE                           make a cluster key for \
                   -cluster-key (mode 0600)\n  \
                   hraftd hash-password < password-file          print an argon2id hash for \

@@ -2,11 +2,13 @@
 //! flags -> listeners -> store -> peer transport -> HTTP -> bootstrap or join -> wait for a
 //! signal (or removal from the cluster, or a fatal Raft error) -> shut down in order.
 //! `hraftd restore` seeds a new single-node cluster from a backup (`restore.rs`);
+//! `hraftd load` loads one into a running cluster's group (`load.rs`);
 //! `hraftd gen-key FILE` writes a new cluster key.
 
 mod api;
 mod cli;
 mod join;
+mod load;
 mod restore;
 
 use std::sync::Arc;
@@ -137,6 +139,11 @@ async fn run() -> anyhow::Result<()> {
         hraftd_store::ClusterKey::generate(file.as_ref())?;
         println!("wrote a new cluster key to {file} (mode 0600); give it to every node with -cluster-key {file}");
         return Ok(());
+    }
+    if argv.get(1).map(String::as_str) == Some("load") {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+        let rest = argv[..1].iter().chain(&argv[2..]).cloned();
+        return load::run(load::LoadArgs::parse_from(rest)).await;
     }
     let is_restore = argv.get(1).map(String::as_str) == Some("restore");
     // A node logs its progress; the one-shot restore only what goes wrong.

@@ -213,6 +213,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404: no such key, member or endpoint.
     NotFound,
+    /// 404: no such Raft group (never "the key is missing").
+    GroupNotFound,
     /// 405: the path exists but not with this method.
     MethodNotAllowed,
     /// 409: another change is in progress; retry.
@@ -243,6 +245,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::GroupNotFound => "group_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
@@ -257,11 +260,12 @@ impl ErrorCode {
     }
 
     /// Every code a server sends, for documentation checks.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
+        ErrorCode::GroupNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
         ErrorCode::TooLarge,

@@ -24,6 +24,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// No such Raft group: a `404` that clients must not take for a missing key.
+    #[error("{0}")]
+    GroupNotFound(String),
     /// The caller is known but not allowed (or failed peer authentication at `/join`).
     #[error("{0}")]
     Forbidden(String),
@@ -62,6 +65,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::GroupNotFound(_) => ErrorCode::GroupNotFound,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
@@ -88,7 +92,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::GroupNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -57,7 +57,7 @@ impl Fake {
             return Ok(key.to_string());
         }
         if !self.groups.lock().unwrap().contains_key(group) {
-            return Err(ApiError::NotFound(format!("no group {group:?}")));
+            return Err(ApiError::GroupNotFound(format!("no group {group:?}")));
         }
         Ok(format!("{group}\0{key}"))
     }
@@ -71,7 +71,7 @@ impl Fake {
                 .unwrap()
                 .get(id)
                 .cloned()
-                .ok_or_else(|| ApiError::NotFound(format!("no group {id:?}")))?
+                .ok_or_else(|| ApiError::GroupNotFound(format!("no group {id:?}")))?
         };
         Ok(GroupInfo {
             id: id.to_string(),

@@ -43,6 +43,31 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:18999")]
         listen: String,
     },
+    /// The cost of idle Raft groups: create `--groups` groups on every node, let them sit,
+    /// and report each node's CPU (share of one core) and RSS over `--measure`.
+    IdleGroups(IdleArgs),
+}
+
+#[derive(Debug, Clone, Parser)]
+struct IdleArgs {
+    /// Member addresses (host:port), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// The nodes' process ids, in the same order (CPU and RSS are read from /proc).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pids: Vec<u32>,
+    /// Groups to create (named idle0, idle1, ...), each on every node.
+    #[arg(long, default_value_t = 100)]
+    groups: usize,
+    /// How long to let them settle before measuring.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// How long to measure.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    measure: Duration,
+    /// Append the result as one JSON line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +133,11 @@ struct RunArgs {
     /// A free-form label stored with the JSON result (e.g. the repetition).
     #[arg(long, default_value = "")]
     label: String,
+    /// hraftd: spread the keys over this many Raft groups (`bench1`.. created on every
+    /// node if missing, led by different nodes), each request sent to its group's leader;
+    /// 1 is the default group alone.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
 }
 
 fn b64(s: &[u8]) -> String {
@@ -156,10 +186,14 @@ async fn op(
     write: bool,
     value: &str,
 ) -> Result<(), String> {
+    let (ep, prefix) = route(args, ep, key);
     let key = format!("bench-{key:08}");
     let req = match (args.target, write) {
         (Target::Hraftd, true) => http
-            .put(format!("http://{ep}{}", hraftd_client::key_path(&key)))
+            .put(format!(
+                "http://{ep}{prefix}{}",
+                hraftd_client::key_path(&key)
+            ))
             .body(value.to_string()),
         (Target::Hraftd, false) => {
             let level = match args.level {
@@ -168,7 +202,7 @@ async fn op(
                 Level::Consistent => hraftd_client::ReadLevel::Consistent,
             };
             http.get(format!(
-                "http://{ep}{}?level={}",
+                "http://{ep}{prefix}{}?level={}",
                 hraftd_client::key_path(&key),
                 level.as_str()
             ))
@@ -201,6 +235,138 @@ async fn op(
     }
 }
 
+/// Each group's leader (HTTP address) and path prefix, with `--groups` above 1.
+static GROUP_LEADERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Where key `key` goes: its group's leader and path prefix (`/groups/<g>`), or `ep` and
+/// the default group.
+fn route<'a>(_args: &RunArgs, ep: &'a str, key: u64) -> (std::borrow::Cow<'a, str>, String) {
+    match GROUP_LEADERS.get() {
+        Some(l) if !l.is_empty() => {
+            let (leader, prefix) = &l[(key % l.len() as u64) as usize];
+            (leader.clone().into(), prefix.clone())
+        }
+        _ => (ep.into(), String::new()),
+    }
+}
+
+/// Creates groups `bench1`..`benchN` on every node (where missing) and finds their
+/// leaders; prints who leads each.
+async fn set_up_groups(args: &RunArgs) -> anyhow::Result<()> {
+    let client = hraftd_client::Client::builder(args.endpoints.clone())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let status = client.status().await.context("GET /status")?;
+    let members: Vec<&str> = status.members.iter().map(|m| m.id.as_str()).collect();
+    let existing: Vec<String> = client.groups().await?.into_iter().map(|g| g.id).collect();
+    let mut leaders = Vec::new();
+    for i in 1..=args.groups {
+        let id = format!("bench{i}");
+        let g = if existing.contains(&id) {
+            client.group(&id).await?
+        } else {
+            client
+                .create_group(&id, &members)
+                .await
+                .with_context(|| format!("creating {id}"))?
+        };
+        let leader = g.leader.with_context(|| format!("{id} has no leader"))?;
+        println!("group {id}: led by {}", leader.id);
+        let http = leader.http_addr.trim_start_matches("http://").to_string();
+        leaders.push((http, format!("/groups/{id}")));
+    }
+    let _ = GROUP_LEADERS.set(leaders);
+    Ok(())
+}
+
+/// CPU time (user + system, in clock ticks) and RSS (bytes) of process `pid`.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let rss_pages: u64 = f.get(21).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((ticks, rss_pages * 4096))
+}
+
+/// `hraftd-bench idle-groups`.
+async fn idle_groups(a: IdleArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.pids.len() == a.endpoints.len(),
+        "one --pids entry per endpoint"
+    );
+    let client = hraftd_client::Client::builder(a.endpoints.clone())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let status = client.status().await.context("GET /status")?;
+    let members: Vec<&str> = status.members.iter().map(|m| m.id.as_str()).collect();
+    anyhow::ensure!(
+        [1, 3, 5].contains(&members.len()),
+        "groups need 1, 3 or 5 nodes, the cluster has {}",
+        members.len()
+    );
+    let existing: Vec<String> = client.groups().await?.into_iter().map(|g| g.id).collect();
+    let made = Instant::now();
+    for i in 0..a.groups {
+        let id = format!("idle{i}");
+        if !existing.contains(&id) {
+            client
+                .create_group(&id, &members)
+                .await
+                .with_context(|| format!("creating {id}"))?;
+        }
+    }
+    let groups = client.groups().await?;
+    let mut leads: std::collections::BTreeMap<String, usize> = Default::default();
+    for g in &groups {
+        if let Some(l) = g.leader_id() {
+            *leads.entry(l.to_string()).or_default() += 1;
+        }
+    }
+    println!(
+        "{} groups (the default one included) made in {:.1?}; leaders per node: {leads:?}",
+        groups.len(),
+        made.elapsed()
+    );
+    tokio::time::sleep(a.settle).await;
+    let before: Vec<(u64, u64)> = a
+        .pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    tokio::time::sleep(a.measure).await;
+    let secs = t.elapsed().as_secs_f64();
+    let after: Vec<(u64, u64)> = a
+        .pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
+    // Clock ticks per second: 100 on Linux.
+    let hz = 100.0;
+    let mut rows = Vec::new();
+    for (i, ep) in a.endpoints.iter().enumerate() {
+        let cpu = (after[i].0 - before[i].0) as f64 / hz / secs * 100.0;
+        let rss = after[i].1 as f64 / (1 << 20) as f64;
+        println!("{ep}: {cpu:.1}% of one core, RSS {rss:.0} MB");
+        rows.push(json!({"endpoint": ep, "cpu_percent": cpu, "rss_mb": rss}));
+    }
+    if let Some(path) = &a.json {
+        let line = json!({"bench": "idle-groups", "groups": groups.len(), "seconds": secs,
+            "leaders": leads, "nodes": rows,
+            "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()});
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
 fn connection() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
@@ -214,6 +380,10 @@ fn connection() -> reqwest::Client {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let http = connection();
     let ep = leader(&args, &http).await?;
+    if args.groups > 1 {
+        anyhow::ensure!(args.target == Target::Hraftd, "--groups is for hraftd");
+        set_up_groups(&args).await?;
+    }
     let value: String = "v".repeat(args.value_size);
     if args.preload {
         let next = Arc::new(AtomicU64::new(0));
@@ -320,7 +490,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "write_ratio": args.write_ratio, "seconds": elapsed, "ops": hist.len(),
             "throughput": throughput, "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
             "p999_ms": ms(0.999), "max_ms": hist.max() as f64 / 1000.0, "errors": errors,
-            "loadavg": load.trim(), "label": args.label,
+            "loadavg": load.trim(), "label": args.label, "groups": args.groups,
         });
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -342,6 +512,9 @@ fn main() {
         Cmd::Run(args) => tokio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(run(args)),
+        Cmd::IdleGroups(args) => tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(idle_groups(args)),
         Cmd::NoopServer { listen } => actix_web::rt::System::new().block_on(async move {
             actix_web::HttpServer::new(|| {
                 actix_web::App::new().default_service(actix_web::web::route().to(noop))

@@ -65,6 +65,22 @@ pub(crate) fn read(ks: &Keyspace) -> io::Result<BTreeMap<String, GroupEntry>> {
     Ok(out)
 }
 
+/// How many catalogue entries `snap` (a point-in-time view of the database) holds in
+/// `ks`: they are in every snapshot file of the default group, but no client's keys.
+pub(crate) fn count_in(ks: &Keyspace, snap: &crate::db::DbSnapshot<'_>) -> io::Result<u64> {
+    let cf = ks.cf(Family::Data);
+    let mode = rocksdb::IteratorMode::From(PREFIX, rocksdb::Direction::Forward);
+    let mut n = 0;
+    for item in snap.iterator_cf(&cf, mode) {
+        let (k, _) = item.map_err(io::Error::other)?;
+        if !k.starts_with(PREFIX) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Tells the host that the catalogue may have changed: a counter bumped after every apply
 /// that touched it and after every snapshot install (which replaces it).
 #[derive(Clone)]

@@ -53,6 +53,10 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// No such Raft group.
+    #[error("{0}")]
+    GroupNotFound(String),
+
     /// Another change is in progress; retrying later may succeed.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -120,6 +124,7 @@ impl Error {
             | Error::TooLarge(_)
             | Error::Forbidden(_)
             | Error::NotFound(_)
+            | Error::GroupNotFound(_)
             | Error::Storage(_)
             | Error::Io { .. }
             | Error::Raft { .. } => false,

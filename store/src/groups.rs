@@ -34,7 +34,6 @@ use crate::node::Store;
 use crate::types::raft_id_for;
 use crate::types::GroupEntry;
 use crate::types::Node;
-use crate::types::NodeId;
 use crate::types::Op;
 
 /// How long a node is given to answer "which groups do you run" before it counts as
@@ -43,6 +42,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a group's stores may take to be released after its Raft stopped, before its
 /// families are dropped (else they are left, and dropped at the next start).
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// How soon the reconciler runs again when it could not finish (catching up, a removal
+/// not yet confirmed by the group's leader).
+const RETRY: Duration = Duration::from_secs(1);
+/// How often it runs anyway.
+const RECHECK: Duration = Duration::from_secs(30);
 /// At most this many members in a group.
 pub const MAX_GROUP_MEMBERS: usize = 5;
 /// How long a group's stop may take (its tasks' join).
@@ -107,7 +111,7 @@ impl From<Error> for WireError {
     fn from(e: Error) -> Self {
         let kind = match &e {
             Error::NotLeader { .. } => WireErrorKind::NotLeader,
-            Error::NotFound(_) => WireErrorKind::NotFound,
+            Error::NotFound(_) | Error::GroupNotFound(_) => WireErrorKind::NotFound,
             Error::Invalid(_) | Error::TooLarge(_) => WireErrorKind::Invalid,
             Error::Conflict(_) => WireErrorKind::Conflict,
             Error::Unavailable(_) | Error::ShuttingDown | Error::Forbidden(_) => {
@@ -263,14 +267,18 @@ impl Store {
         self.tasks.spawn("group reconciler", async move {
             loop {
                 changes.borrow_and_update();
-                match weak.upgrade() {
+                let settled = match weak.upgrade() {
                     Some(store) => store.reconcile().await,
                     None => return,
-                }
+                };
+                // Unsettled (still catching up, or a removal not yet confirmed): try again
+                // soon even without a catalogue change.
+                let retry = if settled { RECHECK } else { RETRY };
                 tokio::select! {
                     biased;
                     _ = stop.wait() => return,
                     r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(retry) => {}
                 }
             }
         });
@@ -296,11 +304,28 @@ impl Store {
         self.opts.data_dir.join("groups").join(id)
     }
 
-    /// Brings the groups this node runs in line with the applied catalogue.
-    async fn reconcile(self: &Arc<Self>) {
-        let catalogue = match self.default_group().reader.catalogue() {
+    /// Brings the groups this node runs in line with the applied catalogue; says whether
+    /// it is settled (else it is run again soon).
+    ///
+    /// Only once the default group has applied everything this node knows committed: a
+    /// node replaying the log (a new or re-joined one) would otherwise act on history,
+    /// e.g. start a group, delete it, and start it again, while the group's leader already
+    /// counts the first instance's acknowledgements (found by hraftd-torture: acknowledged
+    /// writes lost). And a group's data is deleted only once its Raft no longer lists this
+    /// node (`left_group`), so a voter never forgets what it acknowledged.
+    async fn reconcile(self: &Arc<Self>) -> bool {
+        let d = self.default_group();
+        let applied = d.status().applied_index;
+        let committed = d.committed.load(std::sync::atomic::Ordering::Relaxed);
+        if applied < committed {
+            return false;
+        }
+        let catalogue = match d.reader.catalogue() {
             Ok(c) => c,
-            Err(e) => return log::error!("reading the group catalogue: {e}"),
+            Err(e) => {
+                log::error!("reading the group catalogue: {e}");
+                return false;
+            }
         };
         let me = self.me.id.clone();
         let wanted = |id: &str| {
@@ -309,17 +334,26 @@ impl Store {
                 .filter(|e| e.members.contains(&me))
                 .map(|e| e.incarnation)
         };
+        let mut settled = true;
         // Stop what should not run (deleted, this node removed, or re-created).
-        let running: Vec<(String, u64)> = self
+        let running: Vec<Arc<Group>> = self
             .groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, g)| (id.clone(), g.incarnation))
+            .values()
+            .cloned()
             .collect();
-        for (id, incarnation) in running {
-            if wanted(&id) != Some(incarnation) {
+        for group in running {
+            let id = group.id.clone();
+            if wanted(&id) == Some(group.incarnation) {
+                continue;
+            }
+            let gone = catalogue.get(&id).map(|e| e.incarnation) != Some(group.incarnation);
+            if gone || self.left_group(&group).await {
+                drop(group);
                 self.stop_group(&id, true).await;
+            } else {
+                settled = false;
             }
         }
         // Start what should run, and initialize a new group where this node is named.
@@ -346,13 +380,54 @@ impl Store {
         // Data of groups this node no longer has (left from a stop that could not drop it).
         match db::group_ids(&self.db) {
             Ok(ids) => {
+                // Only groups that no longer exist: a member removed while it was down
+                // keeps its copy until the group is deleted (its Raft may still list it).
                 for id in ids {
-                    if wanted(&id).is_none() && self.local_group(&id).is_none() {
+                    if !catalogue.contains_key(&id) && self.local_group(&id).is_none() {
                         self.delete_group_data(&id);
                     }
                 }
             }
             Err(e) => log::warn!("listing the groups on disk: {e}"),
+        }
+        settled
+    }
+
+    /// Whether group `group`'s Raft no longer lists this node: its own instance says so
+    /// (or never had state), or the group's leader does.
+    async fn left_group(&self, group: &Group) -> bool {
+        let (listed, initialized, leader) = {
+            let m = group.raft.metrics();
+            let m = m.borrow();
+            let mem = m.membership_config.membership();
+            let leader = m
+                .current_leader
+                .filter(|l| *l != group.raft_id)
+                .and_then(|l| mem.get_node(&l).cloned());
+            (
+                mem.get_node(&group.raft_id).is_some(),
+                m.last_log_index.is_some(),
+                leader,
+            )
+        };
+        if !listed || !initialized {
+            return true;
+        }
+        let Some(leader) = leader else {
+            return false;
+        };
+        match self
+            .net
+            .call(&leader.raft_addr, &PeerRequest::Groups, ASK_TIMEOUT)
+            .await
+        {
+            Ok(PeerResponse::Groups(states)) => states.iter().any(|s| {
+                s.group == group.id
+                    && s.role == "leader"
+                    && !s.voters.contains(&self.me.id)
+                    && !s.learners.contains(&self.me.id)
+            }),
+            _ => false,
         }
     }
 
@@ -493,7 +568,7 @@ impl Store {
             .catalogue()
             .map_err(|e| Error::io("reading the group catalogue", e))?
             .remove(id)
-            .ok_or_else(|| Error::NotFound(format!("no group {id:?}")))
+            .ok_or_else(|| Error::GroupNotFound(format!("no group {id:?}")))
     }
 
     /// Group `id` as the cluster sees it (its members are asked).
@@ -558,6 +633,18 @@ impl Store {
     pub(crate) async fn elsewhere(&self, id: &str, level: ReadLevel) -> Error {
         let entry = match self.entry(id) {
             Ok(e) => e,
+            // This node's catalogue may lag (it is catching up, or the group is brand
+            // new): only the default group's leader may say a group does not exist, except
+            // to a stale read. Found by hraftd-torture: a re-joining node answered 404, which
+            // a client takes for a missing key.
+            Err(Error::GroupNotFound(_))
+                if level != ReadLevel::Stale && !self.default_group().is_leader() =>
+            {
+                return match self.default_group().leader() {
+                    Some(l) => Error::NotLeader { leader: Some(l) },
+                    None => Error::NotLeader { leader: None },
+                };
+            }
             Err(e) => return e,
         };
         if level == ReadLevel::Stale {
@@ -773,8 +860,11 @@ impl Store {
             entry.members.push(member.to_string());
             entry.init = None;
             self.write_catalogue(id, Some(entry.clone())).await?;
-            self.wait_replicated_to(member).await;
         }
+        // The node must run the group (from the catalogue that lists it) before the
+        // group's leader counts it: else the leader could count an instance that the
+        // node's reconciler is about to replace.
+        self.wait_member_runs(id, &node).await?;
         self.ask_group_leader(id, &entry, MemberChange::Add(node))
             .await?;
         self.group_view(id).await
@@ -816,22 +906,28 @@ impl Store {
         self.group_view(id).await
     }
 
-    /// Waits (bounded) until this leader has replicated its whole default-group log to
-    /// `member`, so that it has applied the latest catalogue and runs its groups.
-    async fn wait_replicated_to(&self, member: &str) {
-        if member == self.me.id {
-            return;
+    /// Waits (bounded) until `node` reports that it runs group `id`.
+    async fn wait_member_runs(&self, id: &str, node: &Node) -> Result<()> {
+        let t = self.opts.write_timeout * 2;
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let answers = self.ask_groups(std::slice::from_ref(node)).await;
+            let runs = answers
+                .iter()
+                .any(|(_, s)| s.as_ref().is_some_and(|s| s.iter().any(|s| s.group == id)));
+            if runs {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "{} has not started group {id} within {t:?} (is it up and caught up?); \
+                     retry",
+                    node.id
+                )));
+            }
+            // Asks again: the node's reconciler gives no cross-node notification.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let id: NodeId = raft_id_for(member);
-        let mut rx = self.default_group().raft.metrics();
-        let wait = rx.wait_for(|m| {
-            let last = m.last_log_index;
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&id))
-                .is_some_and(|l| l.map(|l| l.index) >= last)
-        });
-        let _ = tokio::time::timeout(self.opts.write_timeout, wait).await;
     }
 
     /// Asks group `id`'s leader (this node, or another over the transport) to carry out
@@ -903,6 +999,31 @@ impl Store {
         let mut out = vec![state_of(self.default_group())];
         out.extend(self.local_states());
         out
+    }
+
+    /// Removes `member` from every group that lists it (before it leaves the cluster);
+    /// refused if it is some group's only member.
+    pub(crate) async fn leave_groups(&self, member: &str) -> Result<()> {
+        let catalogue = self
+            .default_group()
+            .reader
+            .catalogue()
+            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        let mine: Vec<(&String, &GroupEntry)> = catalogue
+            .iter()
+            .filter(|(_, e)| e.members.iter().any(|m| m == member))
+            .collect();
+        if let Some((g, _)) = mine.iter().find(|(_, e)| e.members.len() == 1) {
+            return Err(Error::Conflict(format!(
+                "{member:?} is the only member of group {g}; delete the group or add a \
+                 member to it first"
+            )));
+        }
+        for (g, _) in mine {
+            self.remove_group_member(g, member).await?;
+            log::info!("remove: {member} left group {g}");
+        }
+        Ok(())
     }
 
     /// Moves group `id`'s leadership to its voter `to` (served by the group's leader; the

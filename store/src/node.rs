@@ -642,7 +642,13 @@ impl Store {
 
     /// Removes the member `member` (its string id) from the cluster. The removed node is
     /// told, and shuts itself down.
+    ///
+    /// It leaves every group first (a node that left the cluster must not stay a voter
+    /// anywhere: if it came back with an empty data directory it would have forgotten
+    /// its votes); it must not be the last member of one.
     pub async fn remove(&self, member: &str) -> Result<()> {
+        self.check_leader()?;
+        self.leave_groups(member).await?;
         let (node, membership_index) = self.default.remove_member(member).await?;
         let id = raft_id_for(member);
         if id != self.default.raft_id {

@@ -121,7 +121,9 @@ impl StateReader {
             drop(guard);
             std::fs::create_dir_all(&dir)?;
             let tmp = tempfile::tempdir_in(&dir)?;
-            let (meta, path, keys) = snapshot::build(&ks, &snap, tmp.path())?;
+            let (meta, path, records) = snapshot::build(&ks, &snap, tmp.path())?;
+            // Client keys only: the catalogue's entries travel along but are never restored.
+            let keys = records - catalogue::count_in(&ks, &snap)?;
             let applied = meta.last_log_id.map(|l| l.index).unwrap_or(0);
             backup::handed_out(&path, applied, keys)
         })

@@ -194,7 +194,34 @@ async fn the_multi_group_walkthrough() {
     let (s, _, v) = c
         .raw(leader, Method::GET, "/groups/nope/key/mykey", "")
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::NOT_FOUND, &json!("group_not_found")),
+        "{v}"
+    );
+    // A follower of the default group cannot know a group does not exist: it sends the
+    // client to the default group's leader (a stale read it answers itself).
+    let (s, h, v) = c
+        .raw(outsider, Method::GET, "/groups/nope/key/mykey", "")
+        .await;
+    assert_eq!(s, StatusCode::TEMPORARY_REDIRECT, "{v}");
+    assert!(h["location"]
+        .to_str()
+        .unwrap()
+        .starts_with(&c.nodes[leader].url("/groups/nope")));
+    let (s, _, v) = c
+        .raw(
+            outsider,
+            Method::GET,
+            "/groups/nope/key/mykey?level=stale",
+            "",
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::NOT_FOUND, &json!("group_not_found")),
+        "{v}"
+    );
     let (s, _, v) = c
         .raw(leader, Method::PUT, "/groups/no%20pe/key/mykey", "x")
         .await;
@@ -364,4 +391,91 @@ async fn leadership_moves_to_the_voter_named() {
         .await;
     assert_eq!((s, &v["before"]), (StatusCode::OK, &json!("1")), "{v}");
     assert_eq!(c.must_get(0, "mykey", "consistent").await, None);
+}
+
+/// A member that was down while its groups purged their logs catches up each of them by
+/// snapshot when it comes back.
+#[tokio::test]
+async fn a_member_down_past_a_purge_catches_up_every_group_by_snapshot() {
+    let mut c = TestCluster::start(3, &["-snapshot-threshold", "20"]).await;
+    c.must_create_group(0, "gs1", &[0, 1, 2]).await;
+    c.must_create_group(0, "gs2", &[0, 1, 2]).await;
+    c.must_put_in(0, "gs1", "first", "1").await;
+    c.must_see_in(2, "gs1", "first", "1").await;
+    c.kill(2);
+    for g in ["gs1", "gs2"] {
+        for i in 0..60 {
+            c.must_put_in(0, g, &format!("k{i:02}"), &format!("{g}-{i}"))
+                .await;
+        }
+    }
+    c.restart(2);
+    for g in ["gs1", "gs2"] {
+        c.must_see_in(2, g, "k59", &format!("{g}-59")).await;
+        c.must_see_in(2, g, "k07", &format!("{g}-7")).await;
+    }
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    assert!(
+        log.matches("installed snapshot").count() >= 2,
+        "node2 installs a snapshot of each group:\n{}",
+        c.nodes[2].log_tail(40)
+    );
+}
+
+/// A group's backup (`GET /groups/<g>/backup`) restores into another group with
+/// `hraftd load`, through the HTTP API; the catalogue never travels in a backup.
+#[tokio::test]
+async fn a_group_backup_loads_into_another_group() {
+    let c = TestCluster::start(3, &[]).await;
+    c.must_create_group(0, "src", &[0, 1, 2]).await;
+    c.must_create_group(0, "dst", &[0, 1, 2]).await;
+    for i in 0..50 {
+        c.must_put_in(0, "src", &format!("k{i:02}"), &format!("v{i}"))
+            .await;
+    }
+    let r = c
+        .follow
+        .get(c.nodes[1].url("/groups/src/backup?level=consistent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let file = c.tmp.path().join("src.snap");
+    std::fs::write(&file, r.bytes().await.unwrap()).unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args([
+            "load",
+            "--from",
+            file.to_str().unwrap(),
+            "--group",
+            "dst",
+            "--to",
+        ])
+        .arg(
+            c.nodes
+                .iter()
+                .map(|n| n.http.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("loaded 50 keys"), "{said}");
+    c.must_see_in(2, "dst", "k49", "v49").await;
+    c.must_see_in(2, "dst", "k00", "v0").await;
+    // A backup of the default group holds the catalogue; loading it restores no group
+    // and no key that was not a client's.
+    let r = c
+        .follow
+        .get(c.nodes[0].url("/backup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-hraftd-keys"],
+        "0",
+        "no client keys in the default group"
+    );
 }

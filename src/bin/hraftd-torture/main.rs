@@ -65,6 +65,10 @@ struct Args {
     /// Run every node with `-forward` (followers forward leader-only requests).
     #[arg(long)]
     forward: bool,
+    /// Spread the keys over this many Raft groups: the default one and `tg1`.. created on
+    /// every node, each led by a different node where there are enough.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    groups: u16,
     /// Where to write the report and, on a violation, the offending histories.
     #[arg(long, default_value = "torture-out")]
     out: PathBuf,
@@ -95,6 +99,35 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Creates groups `tg1`.. on every node (the default group is the first of the run's
+/// groups) and prints who leads each; new groups go to the members leading the fewest.
+async fn make_groups(cluster: &cluster::Cluster, n: u16) -> anyhow::Result<Vec<String>> {
+    let mut groups = vec![hraftd_store::DEFAULT_GROUP.to_string()];
+    if n <= 1 {
+        return Ok(groups);
+    }
+    let admin = workload::builder(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("an HTTP client")?
+        .to(cluster.nodes.iter().map(|n| n.endpoint()));
+    let members: Vec<&str> = cluster.nodes.iter().map(|n| n.id.as_str()).collect();
+    for i in 1..n {
+        let id = format!("tg{i}");
+        let g = admin
+            .create_group(&id, &members)
+            .await
+            .with_context(|| format!("creating group {id}"))?;
+        println!(
+            "torture: group {id} on {} nodes, led by {}",
+            g.members.len(),
+            g.leader_id().unwrap_or("?")
+        );
+        groups.push(id);
+    }
+    Ok(groups)
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
@@ -192,6 +225,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     cluster.keep_logs = Some(args.out.join("logs"));
     cluster.start_all().await?;
     println!("torture: cluster of {} up", args.nodes);
+    let groups = make_groups(&cluster, args.groups).await?;
+    workload::set_groups(groups);
     let prefix = format!("t{seed:x}");
 
     // 4. Negative control: the checker must reject stale reads from a cut-off follower.

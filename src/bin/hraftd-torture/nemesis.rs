@@ -272,6 +272,9 @@ impl<'a> Nemesis<'a> {
             println!("torture: restarting {}: {e}", c.nodes[i].id);
         } else if let Err(e) = c.wait_voter(i, Duration::from_secs(90)).await {
             println!("torture: {e}\n{}", c.log_tail(i, 20));
+        } else {
+            // Leaving the cluster took it out of every group; an operator adds it back.
+            rejoin_groups(c, i).await;
         }
         Fault {
             at: 0,
@@ -288,6 +291,34 @@ impl<'a> Nemesis<'a> {
         }
         c.resume_all();
         c.restart_exited();
+    }
+}
+
+/// Adds node `i` back to every group of the run (after churn), retrying for a while.
+async fn rejoin_groups(c: &Cluster, i: usize) {
+    let admin = workload::builder(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.endpoint()).collect();
+    for g in workload::extra_groups() {
+        let mut done = false;
+        for _ in 0..10 {
+            if admin
+                .to(eps.clone())
+                .add_group_member(&g, &c.nodes[i].id)
+                .await
+                .is_ok()
+            {
+                done = true;
+                break;
+            }
+            // A backoff between retries of a failed request.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !done {
+            println!("torture: could not add {} back to group {g}", c.nodes[i].id);
+        }
     }
 }
 
@@ -393,7 +424,8 @@ pub async fn convergence(c: &Cluster, keys: &[String], deadline: Duration) -> Co
         'keys: for key in keys {
             let mut first: Option<Option<String>> = None;
             for n in &c.nodes {
-                let v = match http.to([n.endpoint()]).get(key, ReadLevel::Stale).await {
+                let node = workload::for_key(http.to([n.endpoint()]), key);
+                let v = match node.get(key, ReadLevel::Stale).await {
                     Ok(v) => v,
                     Err(_) => Some("<unreachable>".into()),
                 };

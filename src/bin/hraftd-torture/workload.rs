@@ -118,6 +118,45 @@ fn write_outcome(res: &Result<u64, client::Error>) -> Outcome {
     }
 }
 
+/// The Raft groups the workload spreads its keys over (`--groups`): index 0 is the
+/// default group, `tg1`.. the ones the run creates. Set once at start-up.
+static GROUPS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Sets the groups keys are spread over (before the workload starts).
+pub fn set_groups(groups: Vec<String>) {
+    let _ = GROUPS.set(groups);
+}
+
+fn groups() -> &'static [String] {
+    GROUPS.get().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// The groups the run created (every one but the default group).
+pub fn extra_groups() -> Vec<String> {
+    groups()
+        .iter()
+        .filter(|g| *g != hraftd_store::DEFAULT_GROUP)
+        .cloned()
+        .collect()
+}
+
+/// The group `key` lives in: keys name their group's index (`<prefix>-G<i>-...`).
+pub fn group_of(key: &str) -> Option<&'static str> {
+    let i: usize = key.split("-G").nth(1)?.split('-').next()?.parse().ok()?;
+    groups()
+        .get(i)
+        .map(String::as_str)
+        .filter(|g| *g != hraftd_store::DEFAULT_GROUP)
+}
+
+/// `http`, scoped to the group `key` lives in.
+pub fn for_key(http: Client, key: &str) -> Client {
+    match group_of(key) {
+        Some(g) => http.in_group(g),
+        None => http,
+    }
+}
+
 /// Performs one operation against `node` (an endpoint with its scheme) and records it.
 pub async fn run_op(
     http: &Client,
@@ -127,7 +166,7 @@ pub async fn run_op(
     key: &str,
     kind: OpKind,
 ) -> Outcome {
-    let http = http.to([node]);
+    let http = for_key(http.to([node]), key);
     let invoke = history.now();
     let (kind, outcome) = match kind {
         OpKind::Write(v) => {
@@ -176,9 +215,10 @@ pub async fn run(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let generation = counter.fetch_add(1, Ordering::Relaxed) / OPS_PER_GENERATION;
-                let key = format!(
-                    "{prefix}-g{generation}-k{}",
-                    rng.random_range(0..KEYS_PER_GENERATION)
+                let key = key_name(
+                    &prefix,
+                    generation,
+                    rng.random_range(0..KEYS_PER_GENERATION),
                 );
                 let node = &nodes[rng.random_range(0..nodes.len())];
                 let p: f64 = rng.random();
@@ -203,6 +243,14 @@ pub async fn run(
     let generations = counter.load(Ordering::Relaxed) / OPS_PER_GENERATION;
     (0..=generations)
         .flat_map(|g| (0..KEYS_PER_GENERATION).map(move |k| (g, k)))
-        .map(|(g, k)| format!("{prefix}-g{g}-k{k}"))
+        .map(|(g, k)| key_name(&prefix, g, k))
         .collect()
+}
+
+/// Key `k` of generation `generation`: each key lives in one group (round robin over the
+/// run's groups), and its name says which.
+fn key_name(prefix: &str, generation: u64, k: u64) -> String {
+    let n = groups().len().max(1) as u64;
+    let group = (generation * KEYS_PER_GENERATION + k) % n;
+    format!("{prefix}-G{group}-g{generation}-k{k}")
 }
