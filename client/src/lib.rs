@@ -538,6 +538,19 @@ impl Client {
         .await
     }
 
+    /// `POST /groups/<id>/leader`: moves the group's leadership to voter `to`.
+    pub async fn transfer_leader(&self, id: &str, to: &str) -> Result<wire::GroupInfo> {
+        let body = serde_json::to_vec(&wire::TransferRequest { id: to.into() })
+            .expect("a transfer request encodes");
+        self.call(
+            Method::POST,
+            &format!("/groups/{id}/leader"),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
     /// `DELETE /groups/<id>/members/<member>`.
     pub async fn remove_group_member(&self, id: &str, member: &str) -> Result<wire::GroupInfo> {
         let path = format!(

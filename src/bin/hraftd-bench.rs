@@ -270,6 +270,16 @@ async fn set_up_groups(args: &RunArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("creating {id}"))?
         };
+        // Leaders on different nodes: group i is moved to member i (round robin).
+        let want = members[(i - 1) % members.len()];
+        let g = if g.leader_id() == Some(want) {
+            g
+        } else {
+            client
+                .transfer_leader(&id, want)
+                .await
+                .with_context(|| format!("moving {id}'s leadership to {want}"))?
+        };
         let leader = g.leader.with_context(|| format!("{id} has no leader"))?;
         println!("group {id}: led by {}", leader.id);
         let http = leader.http_addr.trim_start_matches("http://").to_string();
