@@ -247,15 +247,16 @@ impl Store {
         Arc::new(Host(Arc::downgrade(self)))
     }
 
-    /// The state of every catalogue group this node runs.
+    /// The state of every group this node runs, the default one first.
     pub(crate) fn local_states(&self) -> Vec<GroupState> {
-        let groups: Vec<Arc<Group>> = self
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut groups: Vec<Arc<Group>> = vec![self.default_group().clone()];
+        groups.extend(
+            self.groups
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
         groups.iter().map(|g| state_of(g)).collect()
     }
 
@@ -574,16 +575,15 @@ impl Store {
     /// Group `id` as the cluster sees it (its members are asked).
     pub async fn group_view(&self, id: &str) -> Result<GroupView> {
         if id == db::DEFAULT_GROUP {
-            let s = self.default_group().status();
-            let state = state_of(self.default_group());
-            return Ok(GroupView {
-                id: id.to_string(),
-                members: s.members.iter().map(|m| m.node.id.clone()).collect(),
-                leader: s.leader,
-                term: s.term,
-                nodes: vec![state],
-                unreachable: Vec::new(),
-            });
+            // Every node of the cluster is a member; each is asked for its own view.
+            let nodes: Vec<Node> = self.cluster_nodes().into_values().collect();
+            let entry = GroupEntry {
+                members: nodes.iter().map(|n| n.id.clone()).collect(),
+                init: None,
+                incarnation: 0,
+            };
+            let answers = self.ask_groups(&nodes).await;
+            return Ok(view(id, &entry, answers));
         }
         let entry = self.entry(id)?;
         let all = self.cluster_nodes();
@@ -605,7 +605,12 @@ impl Store {
             .map_err(|e| Error::io("reading the group catalogue", e))?;
         let all: Vec<Node> = self.cluster_nodes().into_values().collect();
         let answers = self.ask_groups(&all).await;
-        let mut out = vec![self.group_view(db::DEFAULT_GROUP).await?];
+        let everyone = GroupEntry {
+            members: all.iter().map(|n| n.id.clone()).collect(),
+            init: None,
+            incarnation: 0,
+        };
+        let mut out = vec![view(db::DEFAULT_GROUP, &everyone, answers.clone())];
         for (id, entry) in &catalogue {
             let mine: Vec<(String, Option<Vec<GroupState>>)> = answers
                 .iter()
@@ -760,15 +765,14 @@ impl Store {
         // counts) leads the new one first; ties go to the earliest listed.
         let nodes: Vec<Node> = members.iter().filter_map(|m| all.get(m).cloned()).collect();
         let answers = self.ask_groups(&nodes).await;
+        // Each member's own states, the default group's included.
         let leads = |m: &str| {
-            let default = usize::from(self.leader().is_some_and(|l| l.id == m));
-            let others = answers
+            answers
                 .iter()
                 .find(|(n, _)| n == m)
                 .and_then(|(_, s)| s.as_ref())
                 .map(|s| s.iter().filter(|s| s.role == "leader").count())
-                .unwrap_or(usize::MAX / 2);
-            default + others
+                .unwrap_or(usize::MAX / 2)
         };
         let init = members
             .iter()
@@ -996,9 +1000,7 @@ impl Store {
 
     /// Every group this node runs (the default one first), for `/metrics`.
     pub fn group_metrics(&self) -> Vec<GroupState> {
-        let mut out = vec![state_of(self.default_group())];
-        out.extend(self.local_states());
-        out
+        self.local_states()
     }
 
     /// Removes `member` from every group that lists it (before it leaves the cluster);

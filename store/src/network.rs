@@ -164,7 +164,7 @@ pub(crate) enum PeerRequest {
         group: String,
         rpc: GroupRpc,
     },
-    /// Asks for the state of every catalogue group this node runs.
+    /// Asks for the state of every group this node runs (the default one first).
     Groups,
     /// Asks this node, as the leader of `group`, to change that group's members.
     GroupMember {
@@ -669,7 +669,7 @@ pub(crate) struct Hooks {
 pub(crate) trait GroupHost: Send + Sync {
     /// The Raft and leader contact of group `id`, if this node runs it.
     fn raft(&self, id: &str) -> Option<(Raft, LeaderContact)>;
-    /// The state of every catalogue group this node runs.
+    /// The state of every group this node runs, the default one first.
     fn states(&self) -> Vec<crate::groups::GroupState>;
     /// Carries out a member change of group `id`, which this node leads; `None`: it does
     /// not run that group.

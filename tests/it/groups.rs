@@ -235,6 +235,11 @@ async fn the_multi_group_walkthrough() {
         .map(|g| g["id"].as_str().unwrap())
         .collect();
     assert_eq!(listed, ["default", "g2"], "{v}");
+    assert_eq!(
+        v["groups"][0]["nodes"].as_array().map(Vec::len),
+        Some(4),
+        "every node reports its view of the default group: {v}"
+    );
 
     // Per-group status, metrics and backup on a member.
     let (s, _, v) = c
