@@ -72,13 +72,12 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
         "/groups"
         | "/groups/{group}"
         | "/groups/{group}/members"
-        | "/groups/{group}/members/{id}" => {
-            Some(if *method == Method::GET || *method == Method::HEAD {
-                Perm::Read
-            } else {
-                Perm::Admin
-            })
-        }
+        | "/groups/{group}/members/{id}"
+        | "/groups/{group}/leader" => Some(if *method == Method::GET || *method == Method::HEAD {
+            Perm::Read
+        } else {
+            Perm::Admin
+        }),
         "/status" | "/groups/{group}/status" => Some(Perm::Read),
         // Unknown paths answer 404 whoever asks; they reveal nothing.
         _ => None,
@@ -413,6 +412,32 @@ mod tests {
         .unwrap();
         assert_eq!(ok.len(), 1);
         assert!(ok.anonymous.contains(&Perm::Metrics));
+    }
+
+    #[test]
+    fn every_registered_route_has_a_permission_or_is_open_on_purpose() {
+        let src = include_str!("lib.rs");
+        let body = &src[src.find("fn routes").unwrap()..src.find("pub fn app").unwrap()];
+        let open = ["/livez", "/readyz", "/openapi.json"];
+        let patterns: Vec<&str> = body
+            .split("web::resource(\"")
+            .skip(1)
+            .map(|r| &r[..r.find('"').unwrap()])
+            .collect();
+        assert!(patterns.len() > 15, "{patterns:?}");
+        for p in patterns {
+            for m in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                assert_eq!(
+                    required(p, &m).is_none(),
+                    open.contains(&p),
+                    "{m} {p}: every route but {open:?} needs a permission"
+                );
+            }
+        }
+        assert_eq!(
+            required("/groups/{group}/leader", &Method::POST),
+            Some(Perm::Admin)
+        );
     }
 
     #[test]

@@ -384,8 +384,12 @@ impl Group {
         let _guard = self.lock_membership().await?;
         // Until this leader's lease has passed, every voter (itself too) refuses the
         // target's vote request, and a refused campaign costs an election timeout.
+        // Not seen yet by the clock: it became leader just now.
         let since = *self.led_since.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, at)) = since {
+        let at = since
+            .map(|(_, at)| at)
+            .unwrap_or_else(std::time::Instant::now);
+        {
             let wait = (self.lease + Duration::from_millis(50)).saturating_sub(at.elapsed());
             if !wait.is_zero() {
                 log::info!(
@@ -396,10 +400,10 @@ impl Group {
             }
         }
         self.check_leader()?;
-        self.transferring.store(true, Ordering::Release);
-        let result = self.hand_over(target, &node).await;
-        self.transferring.store(false, Ordering::Release);
-        result.map(|()| node)
+        // Cleared on every way out, also when the request is dropped midway (found by
+        // review: a client that hung up left the group refusing writes).
+        let _pause = Pause::new(&self.transferring);
+        self.hand_over(target, &node).await.map(|()| node)
     }
 
     async fn hand_over(&self, target: NodeId, node: &Node) -> Result<()> {
@@ -424,8 +428,28 @@ impl Group {
             })?
             .map_err(|_| Error::ShuttingDown)?;
         self.check_leader()?;
+        // Writes queued before the pause may have been appended since: the target must
+        // hold the whole log when it campaigns, or its higher term only deposes this leader.
+        let whole = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target))
+                .and_then(|l| l.as_ref())
+                .map(|l| l.index);
+            matched >= m.last_log_index
+        };
+        if !whole {
+            return Err(Error::Unavailable(format!(
+                "{} fell behind the log during the transfer; retry",
+                node.id
+            )));
+        }
         let req = network::PeerRequest::Elect {
             group: self.id.clone(),
+            incarnation: self.incarnation,
         };
         match self
             .net
@@ -721,6 +745,22 @@ impl Group {
     #[cfg(test)]
     pub(crate) fn reads(&self) -> &batch::ReadBarrier {
         &self.reads
+    }
+}
+
+/// Sets a flag for as long as it lives.
+struct Pause<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Pause<'a> {
+    fn new(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Pause(flag)
+    }
+}
+
+impl Drop for Pause<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -70,6 +70,8 @@ pub struct GroupState {
     pub applied_index: u64,
     /// The index of the last entry in this node's log of the group.
     pub last_log_index: u64,
+    /// Which creation of the group this node runs (0 for the default group).
+    pub incarnation: u64,
 }
 
 /// One group as the cluster sees it: its catalogue entry and what each member says.
@@ -156,21 +158,27 @@ impl From<WireError> for Error {
 struct Host(std::sync::Weak<Store>);
 
 impl Host {
-    fn running(&self, id: &str) -> Option<Arc<Group>> {
+    /// Group `id` if this node runs that creation of it (`incarnation`).
+    fn running(&self, id: &str, incarnation: u64) -> Option<Arc<Group>> {
         let store = self.0.upgrade()?;
         let g = store
             .groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
+            .filter(|g| g.incarnation == incarnation)
             .cloned();
         g
     }
 }
 
 impl GroupHost for Host {
-    fn raft(&self, id: &str) -> Option<(crate::types::Raft, crate::network::LeaderContact)> {
-        self.running(id)
+    fn raft(
+        &self,
+        id: &str,
+        incarnation: u64,
+    ) -> Option<(crate::types::Raft, crate::network::LeaderContact)> {
+        self.running(id, incarnation)
             .map(|g| (g.raft.clone(), g.contact.clone()))
     }
 
@@ -184,9 +192,10 @@ impl GroupHost for Host {
     fn change_members(
         &self,
         id: String,
+        incarnation: u64,
         change: MemberChange,
     ) -> BoxFuture<'static, Option<std::result::Result<u64, WireError>>> {
-        let group = self.running(&id);
+        let group = self.running(&id, incarnation);
         Box::pin(async move {
             let group = group?;
             let r = match change {
@@ -197,11 +206,15 @@ impl GroupHost for Host {
         })
     }
 
-    fn elect(&self, id: &str) -> BoxFuture<'static, Option<std::result::Result<(), WireError>>> {
+    fn elect(
+        &self,
+        id: &str,
+        incarnation: u64,
+    ) -> BoxFuture<'static, Option<std::result::Result<(), WireError>>> {
         // The default group too: a transfer may move its leadership.
         let group = match id {
             db::DEFAULT_GROUP => self.0.upgrade().map(|s| s.default_group().clone()),
-            _ => self.running(id),
+            _ => self.running(id, incarnation),
         };
         Box::pin(async move {
             let group = group?;
@@ -226,6 +239,7 @@ fn state_of(group: &Group) -> GroupState {
         commit_index: s.commit_index,
         applied_index: s.applied_index,
         last_log_index,
+        incarnation: group.incarnation,
     }
 }
 
@@ -323,8 +337,9 @@ impl Store {
         }
         let catalogue = match d.reader.catalogue() {
             Ok(c) => c,
+            Err(Error::Unavailable(_)) => return false,
             Err(e) => {
-                log::error!("reading the group catalogue: {e}");
+                log::error!("{e}");
                 return false;
             }
         };
@@ -439,6 +454,16 @@ impl Store {
         let on_disk = std::fs::read_to_string(&marker)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());
+        if self
+            .unreleased
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+        {
+            return Err(Error::Unavailable(format!(
+                "an earlier group {id}'s stores are still in use; restart this node"
+            )));
+        }
         if on_disk.is_some_and(|n| n != incarnation) {
             log::info!("group {id}: dropping the data of an earlier group of that name");
             self.delete_group_data(id);
@@ -453,7 +478,7 @@ impl Store {
             id,
             dir.join("snapshots"),
             &self.opts,
-            self.net.for_group(id),
+            self.net.for_group(id, incarnation),
             crate::tasks::Tasks::new(),
         )
         .await?;
@@ -463,6 +488,11 @@ impl Store {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), group.clone());
+        // Shutdown may have taken the list of groups to stop while this one was opening.
+        if self.tasks.is_stopping() {
+            self.stop_group(id, false).await;
+            return Err(Error::ShuttingDown);
+        }
         log::info!("group {id}: started");
         Ok(group)
     }
@@ -513,6 +543,10 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if ks.handles() > 1 {
+            self.unreleased
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string());
             return log::warn!(
                 "group {id}: its stores are still in use after {RELEASE_WAIT:?}; its data is \
                  dropped at the next start"
@@ -523,8 +557,17 @@ impl Store {
         log::info!("group {id}: stopped and its data deleted");
     }
 
-    /// Drops group `id`'s families and files (it must not be running).
+    /// Drops group `id`'s families and files (it must not be running), unless a store of
+    /// it is still alive somewhere (then at the next start).
     fn delete_group_data(&self, id: &str) {
+        if self
+            .unreleased
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+        {
+            return log::warn!("group {id}: its stores are still in use; not deleting its data");
+        }
         if let Err(e) = db::drop_group(&self.db, id) {
             log::error!("group {id}: dropping its column families: {e}");
             return;
@@ -566,8 +609,7 @@ impl Store {
         }
         self.default_group()
             .reader
-            .catalogue()
-            .map_err(|e| Error::io("reading the group catalogue", e))?
+            .catalogue()?
             .remove(id)
             .ok_or_else(|| Error::GroupNotFound(format!("no group {id:?}")))
     }
@@ -585,7 +627,15 @@ impl Store {
             let answers = self.ask_groups(&nodes).await;
             return Ok(view(id, &entry, answers));
         }
-        let entry = self.entry(id)?;
+        let entry = match self.entry(id) {
+            // This node's catalogue may lag: only the default group's leader says no.
+            Err(Error::GroupNotFound(_)) if !self.default_group().is_leader() => {
+                return Err(Error::NotLeader {
+                    leader: self.default_group().leader(),
+                })
+            }
+            other => other?,
+        };
         let all = self.cluster_nodes();
         let nodes: Vec<Node> = entry
             .members
@@ -598,11 +648,7 @@ impl Store {
 
     /// Every group (the default one first) as the cluster sees it.
     pub async fn group_views(&self) -> Result<Vec<GroupView>> {
-        let catalogue = self
-            .default_group()
-            .reader
-            .catalogue()
-            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        let catalogue = self.default_group().reader.catalogue()?;
         let all: Vec<Node> = self.cluster_nodes().into_values().collect();
         let answers = self.ask_groups(&all).await;
         let everyone = GroupEntry {
@@ -645,10 +691,24 @@ impl Store {
             Err(Error::GroupNotFound(_))
                 if level != ReadLevel::Stale && !self.default_group().is_leader() =>
             {
-                return match self.default_group().leader() {
-                    Some(l) => Error::NotLeader { leader: Some(l) },
-                    None => Error::NotLeader { leader: None },
+                return Error::NotLeader {
+                    leader: self.default_group().leader(),
                 };
+            }
+            // The leader, too, only once it has applied everything committed before it
+            // was asked (a new leader may not have yet).
+            Err(Error::GroupNotFound(_)) if level != ReadLevel::Stale => {
+                if let Err(e) = self
+                    .default_group()
+                    .ensure_level(ReadLevel::Consistent)
+                    .await
+                {
+                    return e;
+                }
+                match self.entry(id) {
+                    Ok(e) => e,
+                    Err(e) => return e,
+                }
             }
             Err(e) => return e,
         };
@@ -744,11 +804,7 @@ impl Store {
             }
         }
         let _guard = self.lock_groups().await?;
-        let catalogue = self
-            .default_group()
-            .reader
-            .catalogue()
-            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        let catalogue = self.default_group().reader.catalogue()?;
         if let Some(e) = catalogue.get(id) {
             return Err(Error::Conflict(format!(
                 "group {id:?} exists already, on {:?}",
@@ -763,8 +819,18 @@ impl Store {
         }
         // Leaders are spread: the member leading the fewest groups (the default group
         // counts) leads the new one first; ties go to the earliest listed.
-        let nodes: Vec<Node> = members.iter().filter_map(|m| all.get(m).cloned()).collect();
-        let answers = self.ask_groups(&nodes).await;
+        let everyone: Vec<Node> = all.values().cloned().collect();
+        let answers = self.ask_groups(&everyone).await;
+        // A group of this name deleted a moment ago may still run somewhere: a new one
+        // must not meet it (its instances would take the old one's log for their own).
+        if let Some((n, _)) = answers
+            .iter()
+            .find(|(_, s)| s.as_ref().is_some_and(|s| s.iter().any(|s| s.group == id)))
+        {
+            return Err(Error::Conflict(format!(
+                "a group {id:?} deleted earlier still runs on {n}; retry shortly"
+            )));
+        }
         // Each member's own states, the default group's included.
         let leads = |m: &str| {
             answers
@@ -868,7 +934,7 @@ impl Store {
         // The node must run the group (from the catalogue that lists it) before the
         // group's leader counts it: else the leader could count an instance that the
         // node's reconciler is about to replace.
-        self.wait_member_runs(id, &node).await?;
+        self.wait_member_runs(id, entry.incarnation, &node).await?;
         self.ask_group_leader(id, &entry, MemberChange::Add(node))
             .await?;
         self.group_view(id).await
@@ -911,14 +977,17 @@ impl Store {
     }
 
     /// Waits (bounded) until `node` reports that it runs group `id`.
-    async fn wait_member_runs(&self, id: &str, node: &Node) -> Result<()> {
+    async fn wait_member_runs(&self, id: &str, incarnation: u64, node: &Node) -> Result<()> {
         let t = self.opts.write_timeout * 2;
         let deadline = tokio::time::Instant::now() + t;
         loop {
             let answers = self.ask_groups(std::slice::from_ref(node)).await;
-            let runs = answers
-                .iter()
-                .any(|(_, s)| s.as_ref().is_some_and(|s| s.iter().any(|s| s.group == id)));
+            let runs = answers.iter().any(|(_, s)| {
+                s.as_ref().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s.group == id && s.incarnation == incarnation)
+                })
+            });
             if runs {
                 return Ok(());
             }
@@ -956,6 +1025,7 @@ impl Store {
                     Some(leader) => {
                         let req = PeerRequest::GroupMember {
                             group: id.to_string(),
+                            incarnation: entry.incarnation,
                             change: change.clone(),
                         };
                         match self.net.call(&leader.raft_addr, &req, ttl).await {
@@ -1006,11 +1076,7 @@ impl Store {
     /// Removes `member` from every group that lists it (before it leaves the cluster);
     /// refused if it is some group's only member.
     pub(crate) async fn leave_groups(&self, member: &str) -> Result<()> {
-        let catalogue = self
-            .default_group()
-            .reader
-            .catalogue()
-            .map_err(|e| Error::io("reading the group catalogue", e))?;
+        let catalogue = self.default_group().reader.catalogue()?;
         let mine: Vec<(&String, &GroupEntry)> = catalogue
             .iter()
             .filter(|(_, e)| e.members.iter().any(|m| m == member))
@@ -1060,7 +1126,8 @@ fn view(
     let mut nodes = Vec::new();
     let mut unreachable = Vec::new();
     for (member, states) in answers {
-        match states.and_then(|s| s.into_iter().find(|s| s.group == id)) {
+        let this = |s: &GroupState| s.group == id && s.incarnation == entry.incarnation;
+        match states.and_then(|s| s.into_iter().find(this)) {
             Some(s) => nodes.push(s),
             None => unreachable.push(member),
         }

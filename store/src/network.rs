@@ -162,6 +162,9 @@ pub(crate) enum PeerRequest {
     /// default group's, so that nodes of earlier versions still understand each other).
     Group {
         group: String,
+        /// Which creation of the group (`GroupEntry::incarnation`): an instance of an
+        /// earlier group of the same name must not take part (found by review).
+        incarnation: u64,
         rpc: GroupRpc,
     },
     /// Asks for the state of every group this node runs (the default one first).
@@ -169,12 +172,14 @@ pub(crate) enum PeerRequest {
     /// Asks this node, as the leader of `group`, to change that group's members.
     GroupMember {
         group: String,
+        incarnation: u64,
         change: MemberChange,
     },
     /// Asks this node to campaign in `group` at once: the last step of a leadership
     /// transfer, sent by the leader once this node holds its whole log.
     Elect {
         group: String,
+        incarnation: u64,
     },
 }
 
@@ -267,9 +272,9 @@ pub struct Network {
     /// Set when this node, as a leader, has said it is stopping: openraft's own RPCs
     /// (heartbeats) then stop, so that followers keep treating it as gone.
     quiet: Arc<AtomicBool>,
-    /// The catalogue group whose openraft RPCs this handle carries; `None`: the default
-    /// group's. Clones for each group share the pool.
-    group: Option<Arc<str>>,
+    /// The catalogue group (and its incarnation) whose openraft RPCs this handle carries;
+    /// `None`: the default group's. Clones for each group share the pool.
+    group: Option<(Arc<str>, u64)>,
 }
 
 impl Network {
@@ -286,9 +291,9 @@ impl Network {
     }
 
     /// The same pool, carrying the openraft RPCs of catalogue group `group`.
-    pub(crate) fn for_group(&self, group: &str) -> Network {
+    pub(crate) fn for_group(&self, group: &str, incarnation: u64) -> Network {
         Network {
-            group: Some(group.into()),
+            group: Some((group.into(), incarnation)),
             ..self.clone()
         }
     }
@@ -296,8 +301,9 @@ impl Network {
     /// The request that carries `rpc` for this handle's group.
     fn request(&self, rpc: GroupRpc) -> PeerRequest {
         match &self.group {
-            Some(g) => PeerRequest::Group {
+            Some((g, incarnation)) => PeerRequest::Group {
                 group: g.to_string(),
+                incarnation: *incarnation,
                 rpc,
             },
             None => match rpc {
@@ -668,7 +674,7 @@ pub(crate) struct Hooks {
 /// What the transport asks of the catalogue groups this node runs (`groups.rs`).
 pub(crate) trait GroupHost: Send + Sync {
     /// The Raft and leader contact of group `id`, if this node runs it.
-    fn raft(&self, id: &str) -> Option<(Raft, LeaderContact)>;
+    fn raft(&self, id: &str, incarnation: u64) -> Option<(Raft, LeaderContact)>;
     /// The state of every group this node runs, the default one first.
     fn states(&self) -> Vec<crate::groups::GroupState>;
     /// Carries out a member change of group `id`, which this node leads; `None`: it does
@@ -676,12 +682,14 @@ pub(crate) trait GroupHost: Send + Sync {
     fn change_members(
         &self,
         id: String,
+        incarnation: u64,
         change: MemberChange,
     ) -> futures::future::BoxFuture<'static, Option<Result<u64, crate::groups::WireError>>>;
     /// Starts an election in group `id` now (a leadership transfer to this node).
     fn elect(
         &self,
         id: &str,
+        incarnation: u64,
     ) -> futures::future::BoxFuture<'static, Option<Result<(), crate::groups::WireError>>>;
 }
 
@@ -865,21 +873,35 @@ async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<Peer
         PeerRequest::Append(r) => handle_rpc(GroupRpc::Append(r), raft, &hooks.contact).await,
         PeerRequest::Vote(r) => handle_rpc(GroupRpc::Vote(r), raft, &hooks.contact).await,
         PeerRequest::Snapshot(r) => handle_rpc(GroupRpc::Snapshot(r), raft, &hooks.contact).await,
-        PeerRequest::Group { group, rpc } => match hooks.groups.raft(&group) {
+        PeerRequest::Group {
+            group,
+            incarnation,
+            rpc,
+        } => match hooks.groups.raft(&group, incarnation) {
             Some((raft, contact)) => handle_rpc(rpc, &raft, &contact).await,
             None => PeerResponse::NoGroup,
         },
         PeerRequest::Groups => PeerResponse::Groups(hooks.groups.states()),
-        PeerRequest::GroupMember { group, change } => {
-            match hooks.groups.change_members(group, change).await {
+        PeerRequest::GroupMember {
+            group,
+            incarnation,
+            change,
+        } => {
+            match hooks
+                .groups
+                .change_members(group, incarnation, change)
+                .await
+            {
                 Some(r) => PeerResponse::GroupMember(r),
                 None => PeerResponse::NoGroup,
             }
         }
-        PeerRequest::Elect { group } => match hooks.groups.elect(&group).await {
-            Some(r) => PeerResponse::Elected(r),
-            None => PeerResponse::NoGroup,
-        },
+        PeerRequest::Elect { group, incarnation } => {
+            match hooks.groups.elect(&group, incarnation).await {
+                Some(r) => PeerResponse::Elected(r),
+                None => PeerResponse::NoGroup,
+            }
+        }
         PeerRequest::Removed {
             node_id,
             membership_index,

@@ -198,6 +198,9 @@ pub struct Store {
     checking_removal: Arc<std::sync::atomic::AtomicBool>,
     /// Serializes catalogue changes on the leader (`groups.rs`).
     pub(crate) groups_lock: tokio::sync::Mutex<()>,
+    /// Groups whose stores were still held after they stopped: their families are left
+    /// until the next start (dropping them would make such a store panic).
+    pub(crate) unreleased: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// This node's own view of membership, as the removal watch sees it.
@@ -293,6 +296,7 @@ impl Store {
             removal_floor: watch::Sender::new(u64::MAX),
             tasks,
             groups_lock: tokio::sync::Mutex::new(()),
+            unreleased: Default::default(),
         });
         store.spawn_removal_watch();
         store.spawn_reconciler();

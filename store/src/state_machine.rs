@@ -150,10 +150,18 @@ impl StateReader {
 
 impl StateReader {
     /// The catalogue in the applied state (meaningful in the default group only).
+    /// Refused while a snapshot install replaces the state (the catalogue is cleared
+    /// first and written last then: found by review, a reconciler that read it mid-install
+    /// saw every group gone).
     pub(crate) fn catalogue(
         &self,
-    ) -> io::Result<std::collections::BTreeMap<String, crate::types::GroupEntry>> {
-        catalogue::read(&self.ks)
+    ) -> crate::Result<std::collections::BTreeMap<String, crate::types::GroupEntry>> {
+        let Ok(_guard) = self.install.try_read() else {
+            return Err(crate::Error::Unavailable(
+                "a snapshot from the leader is being installed; retry shortly".into(),
+            ));
+        };
+        catalogue::read(&self.ks).map_err(|e| crate::Error::io("reading the group catalogue", e))
     }
 
     /// Changes as soon as the applied catalogue may have changed.
