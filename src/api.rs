@@ -183,7 +183,7 @@ impl KvStore for Api {
             peer_rejected: m.peer_rejected,
             groups: self
                 .0
-                .group_metrics()
+                .local_states()
                 .into_iter()
                 .map(|g| GroupMetrics {
                     leader: g.role == "leader",

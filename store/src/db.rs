@@ -56,6 +56,16 @@ pub fn valid_group_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// [`valid_group_id`] as a `Result`: `Invalid` (a `400`) saying what an id may be.
+pub(crate) fn check_group_id(id: &str) -> Result<()> {
+    if valid_group_id(id) {
+        return Ok(());
+    }
+    Err(crate::Error::Invalid(format!(
+        "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
+    )))
+}
+
 fn family_name(group: &str, family: &str) -> String {
     if group == DEFAULT_GROUP {
         family.to_string()
@@ -91,11 +101,7 @@ impl Keyspace {
     /// Group `id`'s keyspace ([`DEFAULT_GROUP`]: the unprefixed families), creating its
     /// column families where they do not exist yet.
     pub(crate) fn group(db: &Arc<Db>, id: &str) -> Result<Keyspace> {
-        if !valid_group_id(id) {
-            return Err(crate::Error::Invalid(format!(
-                "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
-            )));
-        }
+        check_group_id(id)?;
         let names = FAMILIES.map(|f| family_name(id, f));
         for name in &names {
             if db.cf_handle(name).is_none() {

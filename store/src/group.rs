@@ -389,15 +389,13 @@ impl Group {
         let at = since
             .map(|(_, at)| at)
             .unwrap_or_else(std::time::Instant::now);
-        {
-            let wait = (self.lease + Duration::from_millis(50)).saturating_sub(at.elapsed());
-            if !wait.is_zero() {
-                log::info!(
-                    "group {}: waiting {wait:?} for this leader's lease before the transfer",
-                    self.id
-                );
-                tokio::time::sleep(wait).await;
-            }
+        let wait = (self.lease + Duration::from_millis(50)).saturating_sub(at.elapsed());
+        if !wait.is_zero() {
+            log::info!(
+                "group {}: waiting {wait:?} for this leader's lease before the transfer",
+                self.id
+            );
+            tokio::time::sleep(wait).await;
         }
         self.check_leader()?;
         // Cleared on every way out, also when the request is dropped midway (found by
@@ -547,12 +545,7 @@ impl Group {
                     "join ({group}): {} changed addresses; replacing {old}",
                     node.id
                 );
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                self.change_membership(change, "removing the old entry")
+                self.change_membership(removal(id, is_voter), "removing the old entry")
                     .await?;
             }
         }
@@ -580,7 +573,7 @@ impl Group {
                     "join ({group}): {} failed ({e}); removing it as a learner",
                     node.id
                 );
-                let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+                let change = removal(id, false);
                 if let Err(r) = self
                     .change_membership(change, "removing the learner of a failed join")
                     .await
@@ -620,13 +613,8 @@ impl Group {
                 self.id
             )));
         };
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
         let index = self
-            .change_membership(change, &format!("removing {member}"))
+            .change_membership(removal(id, is_voter), &format!("removing {member}"))
             .await?;
         log::info!("remove ({}): {node} removed at log {index}", self.id);
         Ok((node, index))
@@ -745,6 +733,15 @@ impl Group {
     #[cfg(test)]
     pub(crate) fn reads(&self) -> &batch::ReadBarrier {
         &self.reads
+    }
+}
+
+/// The membership change that removes node `id`: as a voter, or as a learner.
+fn removal(id: NodeId, is_voter: bool) -> ChangeMembers<NodeId, Node> {
+    if is_voter {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     }
 }
 

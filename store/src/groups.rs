@@ -262,7 +262,7 @@ impl Store {
     }
 
     /// The state of every group this node runs, the default one first.
-    pub(crate) fn local_states(&self) -> Vec<GroupState> {
+    pub fn local_states(&self) -> Vec<GroupState> {
         let mut groups: Vec<Arc<Group>> = vec![self.default_group().clone()];
         groups.extend(
             self.groups
@@ -602,11 +602,7 @@ impl Store {
 
     /// The catalogue entry of group `id`, or `NotFound`.
     fn entry(&self, id: &str) -> Result<GroupEntry> {
-        if !db::valid_group_id(id) {
-            return Err(Error::Invalid(format!(
-                "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
-            )));
-        }
+        db::check_group_id(id)?;
         self.default_group()
             .reader
             .catalogue()?
@@ -778,11 +774,7 @@ impl Store {
     /// the member leading the fewest groups; resolves once it has a leader.
     pub async fn create_group(&self, id: &str, members: Vec<String>) -> Result<GroupView> {
         self.check_leader()?;
-        if !db::valid_group_id(id) {
-            return Err(Error::Invalid(format!(
-                "group id {id:?}: 1-64 characters of A-Z, a-z, 0-9, _ and -"
-            )));
-        }
+        db::check_group_id(id)?;
         if id == db::DEFAULT_GROUP {
             return Err(Error::Conflict("the default group always exists".into()));
         }
@@ -1066,11 +1058,6 @@ impl Store {
             Some(g) => Ok(g.status()),
             None => Err(self.elsewhere(id, ReadLevel::Stale).await),
         }
-    }
-
-    /// Every group this node runs (the default one first), for `/metrics`.
-    pub fn group_metrics(&self) -> Vec<GroupState> {
-        self.local_states()
     }
 
     /// Removes `member` from every group that lists it (before it leaves the cluster);
