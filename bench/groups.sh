@@ -7,14 +7,16 @@
 #
 #   bench/groups.sh                       # defaults: 3 reps, 10 s per run, release build
 #   BIN=target/debug REPS=1 bench/groups.sh
+#   PARTS=idle bench/groups.sh            # only the idle cost (PARTS: "idle put" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPS="${REPS:-3}"
 DURATION="${DURATION:-10s}"
 IDLE="${IDLE:-100}"
+PARTS="${PARTS:-idle put}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hraftd-target}"
-OUT="bench/results/$(date +%Y-%m-%d)-groups"
+OUT="${OUT:-bench/results/$(date +%Y-%m-%d)-groups}"
 WORK="$(mktemp -d /tmp/hraftd-groups.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -61,24 +63,28 @@ mkdir -p bench/results
 JSON="$OUT.jsonl"
 : >"$JSON"
 
-say "idle cost: $IDLE groups on 3 nodes"
-start_cluster 4510
-eps=$(IFS=,; echo "${EPS[*]}")
-pids=$(IFS=,; echo "${NODE_PIDS[*]}")
-"$BIN/hraftd-bench" idle-groups --endpoints "$eps" --pids "$pids" --groups "$IDLE" --json "$JSON"
-for p in "${NODE_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+if [[ " $PARTS " == *" idle "* ]]; then
+  say "idle cost: $IDLE groups on 3 nodes"
+  start_cluster 4510
+  eps=$(IFS=,; echo "${EPS[*]}")
+  pids=$(IFS=,; echo "${NODE_PIDS[*]}")
+  "$BIN/hraftd-bench" idle-groups --endpoints "$eps" --pids "$pids" --groups "$IDLE" --json "$JSON"
+  for p in "${NODE_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+fi
 
-say "PUT throughput: 1 group against 3 groups led by 3 nodes"
-start_cluster 4610
-eps=$(IFS=,; echo "${EPS[*]}")
-for rep in $(seq 1 "$REPS"); do
-  for conns in 16 64; do
-    for g in 1 3; do
-      "$BIN/hraftd-bench" run --endpoints "$eps" --workload put --connections "$conns" \
-        --groups "$g" --duration "$DURATION" --json "$JSON" --label "rep$rep"
+if [[ " $PARTS " == *" put "* ]]; then
+  say "PUT throughput: 1 group against 3 groups led by 3 nodes"
+  start_cluster 4610
+  eps=$(IFS=,; echo "${EPS[*]}")
+  for rep in $(seq 1 "$REPS"); do
+    for conns in 16 64; do
+      for g in 1 3; do
+        "$BIN/hraftd-bench" run --endpoints "$eps" --workload put --connections "$conns" \
+          --groups "$g" --duration "$DURATION" --json "$JSON" --label "rep$rep"
+      done
     done
   done
-done
+fi
 
 python3 - "$JSON" <<'PY'
 import json, statistics, sys

@@ -181,6 +181,8 @@ impl KvStore for Api {
                 })
                 .collect(),
             peer_rejected: m.peer_rejected,
+            heartbeat_frames: m.heartbeat_frames,
+            heartbeats: m.heartbeats,
             groups: self
                 .0
                 .local_states()

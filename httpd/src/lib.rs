@@ -82,6 +82,9 @@ pub struct NodeMetrics {
     pub rocksdb: Vec<CfSize>,
     /// Refused peer connections by reason.
     pub peer_rejected: Vec<(String, u64)>,
+    /// Frames of coalesced catalogue-group heartbeats sent, and the heartbeats they held.
+    pub heartbeat_frames: u64,
+    pub heartbeats: u64,
     /// Every group this node runs, the default one first.
     pub groups: Vec<GroupMetrics>,
 }

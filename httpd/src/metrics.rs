@@ -118,6 +118,13 @@ fn gauge_vec<'a>(
     r.register(Box::new(g)).expect("each name once");
 }
 
+/// A counter whose total is kept elsewhere (by the store), shown as of now.
+fn counter(r: &Registry, name: &str, help: &str, v: f64) {
+    let c = prometheus::Counter::new(name, help).expect("valid metric");
+    c.inc_by(v);
+    r.register(Box::new(c)).expect("each name once");
+}
+
 /// A counter family whose totals are kept elsewhere (by the store), shown as of now.
 fn counter_vec<'a>(
     r: &Registry,
@@ -227,6 +234,18 @@ fn node_registry(n: &NodeMetrics) -> Registry {
         "Peer connections on the Raft port refused, by reason",
         "reason",
         n.peer_rejected.iter().map(|(k, v)| (k.as_str(), *v as f64)),
+    );
+    counter(
+        &r,
+        "hraftd_peer_heartbeat_frames_total",
+        "Peer frames that carried coalesced heartbeats of Raft groups",
+        n.heartbeat_frames as f64,
+    );
+    counter(
+        &r,
+        "hraftd_peer_heartbeats_total",
+        "Heartbeats of Raft groups sent coalesced (divided by frames: heartbeats per frame)",
+        n.heartbeats as f64,
     );
     let groups = &n.groups;
     let by_group = |f: fn(&crate::GroupMetrics) -> f64| {

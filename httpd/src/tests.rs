@@ -273,6 +273,8 @@ impl KvStore for Fake {
                 memtable_bytes: 200,
             }],
             peer_rejected: vec![("handshake".into(), 7)],
+            heartbeat_frames: 5,
+            heartbeats: 40,
             groups: vec![GroupMetrics {
                 group: "default".into(),
                 leader: true,
@@ -701,6 +703,8 @@ async fn metrics_count_requests_by_route_and_show_the_node() {
         r#"hraftd_rocksdb_memtable_bytes{cf="data"} 200"#,
         "hraftd_ready 1",
         r#"hraftd_peer_rejected_total{reason="handshake"} 7"#,
+        "hraftd_peer_heartbeat_frames_total 5",
+        "hraftd_peer_heartbeats_total 40",
     ] {
         assert!(
             page.lines().any(|l| l == line),

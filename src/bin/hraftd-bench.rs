@@ -302,6 +302,27 @@ fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((ticks, rss_pages * 4096))
 }
 
+/// (heartbeat frames, group heartbeats) the node at `ep` has sent so far, from its
+/// `/metrics` (0 where it has no such counters).
+async fn heartbeat_counts(ep: &str) -> anyhow::Result<(f64, f64)> {
+    let client = hraftd_client::Client::builder(vec![ep.to_string()])
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let text = client
+        .metrics()
+        .await
+        .with_context(|| format!("GET /metrics on {ep}"))?;
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        get("hraftd_peer_heartbeat_frames_total"),
+        get("hraftd_peer_heartbeats_total"),
+    ))
+}
+
 /// `hraftd-bench idle-groups`.
 async fn idle_groups(a: IdleArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -342,6 +363,10 @@ async fn idle_groups(a: IdleArgs) -> anyhow::Result<()> {
         made.elapsed()
     );
     tokio::time::sleep(a.settle).await;
+    let mut beats_before = Vec::new();
+    for ep in &a.endpoints {
+        beats_before.push(heartbeat_counts(ep).await?);
+    }
     let before: Vec<(u64, u64)> = a
         .pids
         .iter()
@@ -361,8 +386,16 @@ async fn idle_groups(a: IdleArgs) -> anyhow::Result<()> {
     for (i, ep) in a.endpoints.iter().enumerate() {
         let cpu = (after[i].0 - before[i].0) as f64 / hz / secs * 100.0;
         let rss = after[i].1 as f64 / (1 << 20) as f64;
-        println!("{ep}: {cpu:.1}% of one core, RSS {rss:.0} MB");
-        rows.push(json!({"endpoint": ep, "cpu_percent": cpu, "rss_mb": rss}));
+        let (frames, beats) = heartbeat_counts(ep).await?;
+        let frames = (frames - beats_before[i].0) / secs;
+        let beats = (beats - beats_before[i].1) / secs;
+        let per_frame = if frames > 0.0 { beats / frames } else { 0.0 };
+        println!(
+            "{ep}: {cpu:.1}% of one core, RSS {rss:.0} MB; group heartbeats {beats:.0}/s in \
+             {frames:.0} frames/s ({per_frame:.1} per frame)"
+        );
+        rows.push(json!({"endpoint": ep, "cpu_percent": cpu, "rss_mb": rss,
+            "heartbeats_per_s": beats, "heartbeat_frames_per_s": frames}));
     }
     if let Some(path) = &a.json {
         let line = json!({"bench": "idle-groups", "groups": groups.len(), "seconds": secs,

@@ -145,6 +145,9 @@ impl Group {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_threshold.max(1)),
             max_in_snapshot_log_to_keep: opts.snapshot_threshold.min(1000),
             max_payload_entries: 256,
+            // A catalogue group's heartbeats are sent by the node's ticker, all groups at
+            // once, so the transport coalesces them per peer (`Store::spawn_heartbeats`).
+            enable_heartbeat: id == db::DEFAULT_GROUP,
             ..Default::default()
         }
         .validate()
@@ -761,14 +764,16 @@ impl Drop for Pause<'_> {
     }
 }
 
-/// Keeps `led_since`: when this node last became the leader, and in which term.
+/// Keeps `led_since`: when this node last became the leader, and in which term. It
+/// watches openraft's server metrics (vote, state, leader, membership), which change only
+/// with those, not the full metrics that every heartbeat round updates.
 fn spawn_leadership_clock(
     raft: &Raft,
     tasks: &Tasks,
     me: NodeId,
     led_since: Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>,
 ) {
-    let mut rx = raft.metrics();
+    let mut rx = raft.server_metrics();
     let mut stop = tasks.stopping();
     tasks.spawn("leadership clock", async move {
         loop {
@@ -776,7 +781,7 @@ fn spawn_leadership_clock(
                 let m = rx.borrow_and_update();
                 (
                     m.state == ServerState::Leader && m.current_leader == Some(me),
-                    m.current_term,
+                    m.vote.leader_id().get_term(),
                 )
             };
             {

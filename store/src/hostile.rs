@@ -66,6 +66,25 @@ fn append_body(node_id: NodeId, term: u64, cmd: Command) -> Vec<u8> {
     encode(&PeerRequest::Append(req)).expect("encodes")
 }
 
+/// A frame of `n` heartbeats of group `group` from a "leader" `node_id` of `term`: more
+/// than [`MAX_BEATS`](crate::network::MAX_BEATS) must be refused.
+pub fn heartbeats(n: usize, group: &str, node_id: NodeId, term: u64) -> Vec<u8> {
+    let beats = (0..n)
+        .map(|_| crate::network::Beat {
+            group: group.into(),
+            incarnation: 1,
+            rpc: AppendEntriesRequest {
+                vote: Vote::new_committed(term, node_id),
+                prev_log_id: None,
+                leader_commit: None,
+                entries: vec![],
+            },
+        })
+        .collect();
+    let req = PeerRequest::Beats { ttl_ms: 100, beats };
+    frame(&encode(&req).expect("encodes"))
+}
+
 /// An append whose one entry is a batch nested `depth` deep (batches inside batches), the
 /// shape that overflowed the stack of earlier versions while decoding.
 pub fn nested_batch_append(depth: usize) -> Vec<u8> {
@@ -104,6 +123,7 @@ mod tests {
             leader_stopping(7, 3),
             vote(7, 99),
             append(7, 99, "k"),
+            heartbeats(3, "g", 7, 99),
         ] {
             let len = u32::from_be_bytes(f[..4].try_into().unwrap()) as usize;
             assert_eq!(len, f.len() - 4);

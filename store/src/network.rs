@@ -14,6 +14,12 @@
 //! connections closed after `IDLE_TIMEOUT`. Every refusal closes the connection, is
 //! logged at warn with the peer's address (rate-limited) and counted in [`PeerStats`].
 //!
+//! Heartbeats of catalogue groups are coalesced per peer: the node's heartbeat ticker
+//! (`Store::spawn_heartbeats`) makes every group it leads send its heartbeats at the same
+//! instant, and `Network::beat` queues each empty append on that peer's *lane*, whose
+//! task sends what has queued as one `PeerRequest::Beats` frame. A hundred idle groups
+//! then cost a few frames per peer per heartbeat interval, not a hundred.
+//!
 //! The "removed" and "leader stopping" notices are hints, never orders: a removal is acted
 //! on only once this node's applied membership, or the leader asked over this same
 //! authenticated channel, confirms it (see `Store`); a stopping notice only makes the node
@@ -93,6 +99,39 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// before accepting again, so that a persistent error does not spin a core. A backoff
 /// after an error, not a wait for an event.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The most heartbeats one `PeerRequest::Beats` frame may carry (a frame with more is
+/// refused); each is about 200 bytes, so a full frame stays far below `MAX_FRAME`.
+pub const MAX_BEATS: usize = 1024;
+/// Heartbeats queued for one peer at most; past that a heartbeat goes in a call of its own.
+const BEAT_QUEUE: usize = 4096;
+/// Heartbeat frames in flight to one peer at once; while they are, later heartbeats queue
+/// up and leave together in the next frame.
+const BEAT_FRAMES_IN_FLIGHT: usize = 2;
+/// How long after the node's heartbeat tick a lane waits before sending, so that the
+/// heartbeats the tick set off (one per group, each from its own Raft task) leave in one
+/// frame. Outside that window a heartbeat leaves at once.
+const BEAT_GATHER: Duration = Duration::from_millis(2);
+/// The longest a peer spends answering the heartbeats of one frame, whatever it is asked.
+const MAX_BEAT_TTL: Duration = Duration::from_secs(5);
+
+/// Counts of coalesced heartbeats, for `/metrics`: `beats / frames` is how many group
+/// heartbeats one peer frame carried on average.
+#[derive(Default)]
+pub struct BeatStats {
+    frames: std::sync::atomic::AtomicU64,
+    beats: std::sync::atomic::AtomicU64,
+}
+
+impl BeatStats {
+    /// (frames sent, heartbeats they carried) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.beats.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// Refused peer connections by reason, for `hraftd_peer_rejected_total{reason}`, and the
 /// rate limit on logging them (a flood of refusals must not become a flood of log lines).
@@ -181,6 +220,21 @@ pub(crate) enum PeerRequest {
         group: String,
         incarnation: u64,
     },
+    /// Heartbeats (empty appends) of several catalogue groups, coalesced into one frame;
+    /// the peer answers each within `ttl_ms` (else [`PeerResponse::Late`]), in order, with
+    /// one [`PeerResponse::Beats`]. At most [`MAX_BEATS`].
+    Beats {
+        ttl_ms: u64,
+        beats: Vec<Beat>,
+    },
+}
+
+/// One group's heartbeat in a [`PeerRequest::Beats`] frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Beat {
+    pub(crate) group: String,
+    pub(crate) incarnation: u64,
+    pub(crate) rpc: AppendEntriesRequest<TypeConfig>,
 }
 
 /// The openraft RPCs, as carried for a catalogue group.
@@ -213,6 +267,11 @@ pub(crate) enum PeerResponse {
     Groups(Vec<crate::groups::GroupState>),
     GroupMember(Result<u64, crate::groups::WireError>),
     Elected(Result<(), crate::groups::WireError>),
+    /// The answers to a [`PeerRequest::Beats`], one per heartbeat, in order: `Append`,
+    /// `NoGroup` or `Late`.
+    Beats(Vec<PeerResponse>),
+    /// The group did not answer this heartbeat within the frame's `ttl_ms`.
+    Late,
 }
 
 /// A node's answer to [`PeerRequest::Membership`].
@@ -258,6 +317,24 @@ pub(crate) enum CallError {
     Failed(io::Error),
 }
 
+impl CallError {
+    /// The same failure, for another caller (`io::Error` is not `Clone`).
+    fn copy(&self) -> CallError {
+        let c = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            CallError::Unreachable(e) => CallError::Unreachable(c(e)),
+            CallError::Failed(e) => CallError::Failed(c(e)),
+        }
+    }
+}
+
+/// A heartbeat waiting on a lane, with its caller's deadline and where its answer goes.
+struct QueuedBeat {
+    beat: Beat,
+    deadline: tokio::time::Instant,
+    reply: tokio::sync::oneshot::Sender<Result<PeerResponse, CallError>>,
+}
+
 /// Connection pool shared by all clients of this node. Cheap to clone.
 #[derive(Clone)]
 pub struct Network {
@@ -275,6 +352,15 @@ pub struct Network {
     /// The catalogue group (and its incarnation) whose openraft RPCs this handle carries;
     /// `None`: the default group's. Clones for each group share the pool.
     group: Option<(Arc<str>, u64)>,
+    /// Each peer's heartbeat lane (its queue; a task drains it, see [`Network::beat`]),
+    /// by peer address. Shared by every group's handle, so that their heartbeats to one
+    /// peer meet in one queue. A lane's task ends after [`IDLE_TIMEOUT`] without a
+    /// heartbeat; its closed queue is then replaced on the next one.
+    lanes: Arc<Mutex<HashMap<String, tokio::sync::mpsc::Sender<QueuedBeat>>>>,
+    /// Until when lanes gather heartbeats before sending (set by [`Network::gather_beats`]
+    /// at each heartbeat tick; shared by every handle, the lanes' own included).
+    gather_until: Arc<Mutex<Option<tokio::time::Instant>>>,
+    beat_stats: Arc<BeatStats>,
 }
 
 impl Network {
@@ -287,7 +373,89 @@ impl Network {
             auth,
             quiet: Arc::default(),
             group: None,
+            lanes: Arc::default(),
+            gather_until: Arc::default(),
+            beat_stats: Arc::default(),
         }
+    }
+
+    /// Called by the node's heartbeat ticker just before it sets off every group's
+    /// heartbeats: for [`BEAT_GATHER`], lanes wait for the rest before sending.
+    pub(crate) fn gather_beats(&self) {
+        *self.gather_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + BEAT_GATHER);
+    }
+
+    /// How many heartbeat frames this node has sent and how many heartbeats they carried.
+    pub(crate) fn beat_stats(&self) -> (u64, u64) {
+        self.beat_stats.get()
+    }
+
+    /// Sends a catalogue group's heartbeat (an empty append) to `addr` on that peer's
+    /// lane, together with the other groups' heartbeats queued there, and waits (within
+    /// `ttl`) for its own answer.
+    async fn beat(&self, addr: &str, beat: Beat, ttl: Duration) -> Result<PeerResponse, CallError> {
+        let deadline = tokio::time::Instant::now() + ttl;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut item = QueuedBeat {
+            beat,
+            deadline,
+            reply,
+        };
+        // A lane that idled out is replaced once; a full one is bypassed.
+        for _ in 0..2 {
+            let lane = self.lane(addr);
+            match lane.try_send(item) {
+                Ok(()) => {
+                    return match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => Err(CallError::Failed(io::Error::other(format!(
+                            "the heartbeat lane to {addr} stopped"
+                        )))),
+                        Err(_) => Err(CallError::Failed(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("heartbeat to {addr} timed out"),
+                        ))),
+                    };
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Full(i)) => {
+                    item = i;
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(i)) => item = i,
+            }
+        }
+        let Beat {
+            group,
+            incarnation,
+            rpc,
+        } = item.beat;
+        let req = PeerRequest::Group {
+            group,
+            incarnation,
+            rpc: GroupRpc::Append(rpc),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.call(addr, &req, left).await
+    }
+
+    /// The heartbeat lane to `addr`, started if there is none or its task has ended.
+    fn lane(&self, addr: &str) -> tokio::sync::mpsc::Sender<QueuedBeat> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lanes.get(addr).filter(|l| !l.is_closed()) {
+            return l.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(BEAT_QUEUE);
+        // The lane's own handle has no lanes: the map holds the only senders, so the task
+        // never keeps its own queue open.
+        let net = Network {
+            lanes: Arc::default(),
+            group: None,
+            ..self.clone()
+        };
+        tokio::spawn(run_lane(net, addr.to_string(), rx));
+        lanes.insert(addr.to_string(), tx.clone());
+        tx
     }
 
     /// The same pool, carrying the openraft RPCs of catalogue group `group`.
@@ -443,6 +611,88 @@ impl Network {
     }
 }
 
+/// Drains one peer's heartbeat lane: takes what has queued (at most [`MAX_BEATS`]) and
+/// sends it as one frame, with at most [`BEAT_FRAMES_IN_FLIGHT`] frames in flight; ends
+/// after [`IDLE_TIMEOUT`] without a heartbeat, sending what raced in first.
+async fn run_lane(net: Network, addr: String, mut rx: tokio::sync::mpsc::Receiver<QueuedBeat>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BEAT_FRAMES_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = match tokio::time::timeout(IDLE_TIMEOUT, rx.recv()).await {
+            Ok(Some(b)) => vec![b],
+            Ok(None) => return,
+            // Idle: no more heartbeats are taken; those that raced in are still sent
+            // (a closed queue yields what it holds, then `None`).
+            Err(_) => {
+                rx.close();
+                continue;
+            }
+        };
+        // Just after a tick: let the other groups' heartbeats arrive.
+        let gather = *net.gather_until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = gather.filter(|t| *t > tokio::time::Instant::now()) {
+            tokio::time::sleep_until(until).await;
+        }
+        while batch.len() < MAX_BEATS {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        // Callers that gave up need no answer.
+        batch.retain(|b| !b.reply.is_closed());
+        if !batch.is_empty() {
+            let net = net.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                send_beats(&net, &addr, batch).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Sends `batch` to `addr` as one [`PeerRequest::Beats`] frame and hands each heartbeat's
+/// caller its answer.
+async fn send_beats(net: &Network, addr: &str, batch: Vec<QueuedBeat>) {
+    let now = tokio::time::Instant::now();
+    let deadline = batch.iter().map(|b| b.deadline).min().unwrap_or(now);
+    let ttl = deadline.saturating_duration_since(now);
+    let (beats, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|b| (b.beat, b.reply)).unzip();
+    net.beat_stats.frames.fetch_add(1, Ordering::Relaxed);
+    net.beat_stats
+        .beats
+        .fetch_add(beats.len() as u64, Ordering::Relaxed);
+    // The peer answers late heartbeats as such within 3/4 of the time left, so that the
+    // frame's answer is back before the first caller's deadline.
+    let req = PeerRequest::Beats {
+        ttl_ms: u64::try_from((ttl * 3 / 4).as_millis()).unwrap_or(u64::MAX),
+        beats,
+    };
+    match net.call(addr, &req, ttl).await {
+        Ok(PeerResponse::Beats(answers)) if answers.len() == replies.len() => {
+            for (a, r) in answers.into_iter().zip(replies) {
+                let _ = r.send(Ok(a));
+            }
+        }
+        Ok(_) => {
+            for r in replies {
+                let _ = r.send(Err(CallError::Failed(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected answer from {addr} to a heartbeat frame"),
+                ))));
+            }
+        }
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(e.copy()));
+            }
+        }
+    }
+}
+
 /// The client openraft uses for one target.
 pub struct PeerClient {
     net: Network,
@@ -480,6 +730,15 @@ fn no_group<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
+/// The peer's group did not answer a coalesced heartbeat in time.
+fn late<E: std::error::Error>() -> RPCError<NodeId, Node, E> {
+    let e = io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the peer's group did not answer the heartbeat in time",
+    );
+    RPCError::Network(NetworkError::new(&e))
+}
+
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, Node, E> {
     let e = io::Error::new(
         io::ErrorKind::InvalidData,
@@ -511,19 +770,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 ));
             }
         }
-        match self
-            .net
-            .call(
-                &self.addr,
-                &self.net.request(GroupRpc::Append(rpc)),
-                option.hard_ttl(),
-            )
-            .await
-        {
+        let answer = match &self.net.group {
+            // A catalogue group's heartbeat: coalesced with the other groups' to this peer.
+            Some((group, incarnation)) if n == 0 => {
+                let beat = Beat {
+                    group: group.to_string(),
+                    incarnation: *incarnation,
+                    rpc,
+                };
+                self.net.beat(&self.addr, beat, option.hard_ttl()).await
+            }
+            _ => {
+                let req = self.net.request(GroupRpc::Append(rpc));
+                self.net.call(&self.addr, &req, option.hard_ttl()).await
+            }
+        };
+        match answer {
             Ok(PeerResponse::Append(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             Ok(PeerResponse::NoGroup) => Err(no_group()),
+            Ok(PeerResponse::Late) => Err(late()),
             Ok(_) => Err(unexpected("append_entries")),
             Err(e) => Err(to_rpc_error(e)),
         }
@@ -836,6 +1103,16 @@ async fn serve_conn(
             Ok(r) => r,
             Err(e) => return hooks.stats.reject("malformed", peer, &e),
         };
+        if let PeerRequest::Beats { beats, .. } = &req {
+            if beats.len() > MAX_BEATS {
+                let n = beats.len();
+                return hooks.stats.reject(
+                    "malformed",
+                    peer,
+                    &format!("a frame of {n} heartbeats (at most {MAX_BEATS})"),
+                );
+            }
+        }
         let resp = match handle(req, &raft, hooks).await {
             Ok(r) => r,
             Err(e) => return log::warn!("raft transport: answering {peer}: {e}"),
@@ -882,6 +1159,19 @@ async fn handle(req: PeerRequest, raft: &Raft, hooks: &Hooks) -> io::Result<Peer
             None => PeerResponse::NoGroup,
         },
         PeerRequest::Groups => PeerResponse::Groups(hooks.groups.states()),
+        PeerRequest::Beats { ttl_ms, beats } => {
+            let ttl = Duration::from_millis(ttl_ms).min(MAX_BEAT_TTL);
+            let answers = beats.into_iter().map(|b| async move {
+                let Some((raft, contact)) = hooks.groups.raft(&b.group, b.incarnation) else {
+                    return PeerResponse::NoGroup;
+                };
+                let rpc = handle_rpc(GroupRpc::Append(b.rpc), &raft, &contact);
+                tokio::time::timeout(ttl, rpc)
+                    .await
+                    .unwrap_or(PeerResponse::Late)
+            });
+            PeerResponse::Beats(futures::future::join_all(answers).await)
+        }
         PeerRequest::GroupMember {
             group,
             incarnation,

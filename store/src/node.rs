@@ -161,6 +161,9 @@ pub struct Metrics {
     pub rocksdb: Vec<db::CfSize>,
     /// Refused peer connections by reason.
     pub peer_rejected: Vec<(String, u64)>,
+    /// Coalesced heartbeats of catalogue groups sent so far: frames, and heartbeats in them.
+    pub heartbeat_frames: u64,
+    pub heartbeats: u64,
 }
 
 /// A running hraftd node: the process around its Raft groups. Cheap to share behind an
@@ -300,6 +303,7 @@ impl Store {
         });
         store.spawn_removal_watch();
         store.spawn_reconciler();
+        store.spawn_heartbeats();
         Ok(store)
     }
 
@@ -308,6 +312,46 @@ impl Store {
     /// membership that no longer lists it means it has been removed. Older memberships are
     /// history: a node that re-joins under its old id replays its own earlier removal
     /// (from the log, after a snapshot taken while it was a member) and must not act on it.
+    /// Every heartbeat interval, has each catalogue group this node leads send its
+    /// heartbeats, all at the same instant, so that the transport carries them to each
+    /// peer in one frame (`network.rs`). openraft's own per-group timers, off for
+    /// catalogue groups, would spread them over the interval. The default group keeps its
+    /// own timer.
+    fn spawn_heartbeats(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let mut stop = self.tasks.stopping();
+        let every = self.opts.heartbeat;
+        self.tasks.spawn("group heartbeats", async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                let leading: Vec<crate::types::Raft> = match weak.upgrade() {
+                    Some(store) => {
+                        store.net.gather_beats();
+                        store
+                            .groups
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .values()
+                            .filter(|g| g.is_leader())
+                            .map(|g| g.raft.clone())
+                            .collect()
+                    }
+                    None => return,
+                };
+                for raft in leading {
+                    // Fails only for a group stopped meanwhile (deleted or shutting down).
+                    let _ = raft.trigger().heartbeat().await;
+                }
+            }
+        });
+    }
+
     fn spawn_removal_watch(self: &Arc<Self>) {
         let mut rx = self.default.raft.metrics();
         let id = self.default.raft_id;
@@ -746,6 +790,7 @@ impl Store {
             .filter_map(|e| e.metadata().ok().map(|md| md.len()))
             .max()
             .unwrap_or(0);
+        let (heartbeat_frames, heartbeats) = self.net.beat_stats();
         Metrics {
             status,
             last_log_index,
@@ -755,6 +800,8 @@ impl Store {
             replication_lag,
             rocksdb: db::sizes(&self.db),
             peer_rejected: self.peer_stats.rejected(),
+            heartbeat_frames,
+            heartbeats,
         }
     }
 

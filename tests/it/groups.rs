@@ -484,3 +484,66 @@ async fn a_group_backup_loads_into_another_group() {
         "no client keys in the default group"
     );
 }
+
+/// Idle groups keep their leaders on the node's heartbeat ticker alone (openraft's own
+/// heartbeat timers are off for catalogue groups), and their heartbeats to a peer travel
+/// together, several to a frame.
+#[tokio::test]
+async fn idle_groups_keep_their_leaders_on_coalesced_heartbeats() {
+    let c = TestCluster::start(3, &[]).await;
+    let ids: Vec<String> = (0..9).map(|i| format!("hb{i}")).collect();
+    for g in &ids {
+        c.must_create_group(0, g, &[0, 1, 2]).await;
+    }
+    let leaders = || async {
+        let (s, v) = c.follow_json(0, Method::GET, "/groups", "").await;
+        assert_eq!(s, StatusCode::OK, "GET /groups: {v}");
+        let list: hraftd_client::wire::GroupList = serde_json::from_value(v).expect("a group list");
+        list.groups
+            .into_iter()
+            .filter(|g| g.id.starts_with("hb"))
+            .map(|g| (g.id.clone(), (g.term, g.leader_id().map(str::to_string))))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let counts = || async {
+        let mut frames = 0.0;
+        let mut beats = 0.0;
+        for i in 0..3 {
+            frames += c.metric(i, "hraftd_peer_heartbeat_frames_total").await;
+            beats += c.metric(i, "hraftd_peer_heartbeats_total").await;
+        }
+        (frames, beats)
+    };
+    let before = leaders().await;
+    assert_eq!(before.len(), ids.len(), "{before:?}");
+    let (f0, b0) = counts().await;
+    // 20 heartbeat intervals' worth (9 groups, 2 followers each): 3 s, past the longest
+    // election timeout (1.6 s) twice over, so a follower left without heartbeats would
+    // have started an election.
+    let want = (ids.len() * 2 * 20) as f64;
+    let (f1, b1) = wait_for(
+        &format!("the nodes to send {want} more group heartbeats"),
+        DEADLINE,
+        || async {
+            let (f, b) = counts().await;
+            (b - b0 >= want).then_some((f, b))
+        },
+    )
+    .await;
+    let after = leaders().await;
+    assert_eq!(
+        before,
+        after,
+        "idle groups keep their terms and leaders\n{}",
+        c.logs(30)
+    );
+    let (frames, beats) = (f1 - f0, b1 - b0);
+    println!(
+        "{beats} group heartbeats in {frames} frames ({:.1} per frame)",
+        beats / frames
+    );
+    assert!(
+        beats >= 2.0 * frames,
+        "heartbeats of different groups share frames: {beats} heartbeats in {frames} frames"
+    );
+}

@@ -246,6 +246,23 @@ async fn oversized_and_slow_frames_are_cut_off() {
             .await,
         1.0
     );
+    // A frame of more coalesced heartbeats than any node sends.
+    let too_many = hraftd_store::network::MAX_BEATS + 1;
+    let closed = send_frames(
+        &addr,
+        &[hostile::heartbeats(too_many, "g", 7, 3)],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        closed.is_some(),
+        "{too_many} heartbeats in a frame are refused"
+    );
+    assert_eq!(
+        c.metric(0, r#"hraftd_peer_rejected_total{reason="malformed"}"#)
+            .await,
+        1.0
+    );
     must_be_ready(&mut c).await;
     c.must_put(0, "still", "fine").await;
 }
