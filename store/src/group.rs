@@ -366,14 +366,16 @@ impl Group {
     pub(crate) async fn transfer_leadership(&self, to: &str) -> Result<Node> {
         self.check_leader()?;
         let target = raft_id_for(to);
-        let node = {
+        let (node, voters) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let mem = m.membership_config.membership();
             let voter = mem.voter_ids().any(|v| v == target);
-            mem.get_node(&target)
+            let node = mem
+                .get_node(&target)
                 .filter(|n| voter && n.id == to)
-                .cloned()
+                .cloned();
+            (node, mem.voter_ids().count())
         };
         let Some(node) = node else {
             return Err(Error::Invalid(format!(
@@ -385,15 +387,20 @@ impl Group {
             return Ok(node);
         }
         let _guard = self.lock_membership().await?;
+        // With more than three voters, this leader's vote and the target's are no
+        // majority: the followers must vote too, and they refuse while their lease on this
+        // leader is fresh, so the hand-over first goes silent towards them for a lease.
+        let hush = voters > 3;
         // Until this leader's lease has passed, every voter (itself too) refuses the
         // target's vote request, and a refused campaign costs an election timeout.
-        // Not seen yet by the clock: it became leader just now.
+        // Not seen yet by the clock: it became leader just now. (The silence of a
+        // hushed hand-over outlasts it.)
         let since = *self.led_since.lock().unwrap_or_else(|e| e.into_inner());
         let at = since
             .map(|(_, at)| at)
             .unwrap_or_else(std::time::Instant::now);
         let wait = (self.lease + Duration::from_millis(50)).saturating_sub(at.elapsed());
-        if !wait.is_zero() {
+        if !wait.is_zero() && !hush {
             log::info!(
                 "group {}: waiting {wait:?} for this leader's lease before the transfer",
                 self.id
@@ -404,10 +411,10 @@ impl Group {
         // Cleared on every way out, also when the request is dropped midway (found by
         // review: a client that hung up left the group refusing writes).
         let _pause = Pause::new(&self.transferring);
-        self.hand_over(target, &node).await.map(|()| node)
+        self.hand_over(target, &node, hush).await.map(|()| node)
     }
 
-    async fn hand_over(&self, target: NodeId, node: &Node) -> Result<()> {
+    async fn hand_over(&self, target: NodeId, node: &Node, hush: bool) -> Result<()> {
         let mut rx = self.raft.metrics();
         let caught_up = rx.wait_for(|m| {
             let matched = m
@@ -429,6 +436,21 @@ impl Group {
             })?
             .map_err(|_| Error::ShuttingDown)?;
         self.check_leader()?;
+        let _hush = if hush {
+            let h = Hush::new(&self.net, target);
+            let quiet = self.lease + Duration::from_millis(50);
+            log::info!(
+                "group {}: sending nothing to members but {} for {quiet:?}, so that they \
+                 may vote for it",
+                self.id,
+                node.id
+            );
+            tokio::time::sleep(quiet).await;
+            self.check_leader()?;
+            Some(h)
+        } else {
+            None
+        };
         // Writes queued before the pause may have been appended since: the target must
         // hold the whole log when it campaigns, or its higher term only deposes this leader.
         let whole = {
@@ -761,6 +783,23 @@ impl<'a> Pause<'a> {
 impl Drop for Pause<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Keeps a group's appends to all members but one stopped for as long as it lives (see
+/// `Network::hush`).
+struct Hush<'a>(&'a Network);
+
+impl<'a> Hush<'a> {
+    fn new(net: &'a Network, except: NodeId) -> Self {
+        net.hush(except);
+        Hush(net)
+    }
+}
+
+impl Drop for Hush<'_> {
+    fn drop(&mut self) {
+        self.0.unhush();
     }
 }
 

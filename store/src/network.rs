@@ -357,6 +357,10 @@ pub struct Network {
     /// peer meet in one queue. A lane's task ends after [`IDLE_TIMEOUT`] without a
     /// heartbeat; its closed queue is then replaced on the next one.
     lanes: Arc<Mutex<HashMap<String, tokio::sync::mpsc::Sender<QueuedBeat>>>>,
+    /// While set (by a leadership transfer in a group of more than three voters), this
+    /// group's appends go to no member but the one named: its followers' leader leases must
+    /// lapse before they vote for the transfer's target. Each group's handle has its own.
+    hush: Arc<Mutex<Option<NodeId>>>,
     /// Until when lanes gather heartbeats before sending (set by [`Network::gather_beats`]
     /// at each heartbeat tick; shared by every handle, the lanes' own included).
     gather_until: Arc<Mutex<Option<tokio::time::Instant>>>,
@@ -376,7 +380,25 @@ impl Network {
             lanes: Arc::default(),
             gather_until: Arc::default(),
             beat_stats: Arc::default(),
+            hush: Arc::default(),
         }
+    }
+
+    /// Stops this group's appends (heartbeats included) to every member but `except`,
+    /// until [`Network::unhush`].
+    pub(crate) fn hush(&self, except: NodeId) {
+        *self.hush.lock().unwrap_or_else(|e| e.into_inner()) = Some(except);
+    }
+
+    pub(crate) fn unhush(&self) {
+        *self.hush.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn is_hushed_for(&self, target: NodeId) -> bool {
+        self.hush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|except| except != target)
     }
 
     /// Called by the node's heartbeat ticker just before it sets off every group's
@@ -462,6 +484,7 @@ impl Network {
     pub(crate) fn for_group(&self, group: &str, incarnation: u64) -> Network {
         Network {
             group: Some((group.into(), incarnation)),
+            hush: Arc::default(),
             ..self.clone()
         }
     }
@@ -753,7 +776,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        if self.net.is_quiet() {
+        if self.net.is_quiet() || self.net.is_hushed_for(self.target) {
             return Err(quiet());
         }
         let n = rpc.entries.len() as u64;

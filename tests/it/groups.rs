@@ -547,3 +547,34 @@ async fn idle_groups_keep_their_leaders_on_coalesced_heartbeats() {
         "heartbeats of different groups share frames: {beats} heartbeats in {frames} frames"
     );
 }
+
+/// In a group of five voters the old leader's vote and the target's are no majority, and
+/// openraft 0.9's followers refuse to vote while they hear from their leader: the transfer
+/// goes silent towards them for a lease first, and the named voter leads, twice in a row.
+#[tokio::test]
+async fn leadership_moves_in_a_group_of_five_voters() {
+    let c = TestCluster::start(5, &[]).await;
+    c.must_create_group(0, "g5", &[0, 1, 2, 3, 4]).await;
+    c.must_put_in(0, "g5", "before", "1").await;
+    for round in 0..2 {
+        let (_, v) = c.follow_json(0, Method::GET, "/groups/g5", "").await;
+        let old = v["leader"]["id"].as_str().expect("a leader").to_string();
+        let target = c.nodes.iter().find(|n| n.id != old).unwrap().id.clone();
+        let body = json!({"id": target}).to_string();
+        let started = std::time::Instant::now();
+        let (s, v) = c
+            .follow_json(1, Method::POST, "/groups/g5/leader", &body)
+            .await;
+        assert_eq!(s, StatusCode::OK, "round {round}: {v}\n{}", c.logs(30));
+        assert_eq!(v["leader"]["id"], json!(target), "round {round}: {v}");
+        println!(
+            "g5 (five voters): leadership moved from {old} to {target} in {:?}",
+            started.elapsed()
+        );
+    }
+    c.must_put_in(2, "g5", "after", "2").await;
+    let (s, v) = c
+        .follow_json(0, Method::GET, "/groups/g5/key/before?level=consistent", "")
+        .await;
+    assert_eq!((s, &v["before"]), (StatusCode::OK, &json!("1")), "{v}");
+}
