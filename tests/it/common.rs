@@ -31,15 +31,38 @@ const TAIL: usize = 30;
 static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A port that was free a moment ago and that no other test in this process was given.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), which outgoing
+/// connections draw their source ports from: a port from that range, handed back when a
+/// node stops, could be taken by any connection on the machine before the node restarts on
+/// it (seen in CI: "Address already in use" restarting a node while hraftd-torture ran).
 pub fn free_port() -> u16 {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut used = USED_PORTS.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    if ephemeral_start > 12000 {
+        // Test binaries of one run start at different places in the range.
+        let low = 10000u32;
+        let span = u32::from(ephemeral_start) - low;
+        let start = (std::process::id().wrapping_mul(7919)) % span;
+        for i in 0..span {
+            let port = (low + (start + i) % span) as u16;
+            if !used.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                used.insert(port);
+                return port;
+            }
+        }
+    }
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind 127.0.0.1:0")
             .local_addr()
             .unwrap()
             .port();
-        let mut used = USED_PORTS.lock().unwrap();
-        if used.get_or_insert_with(HashSet::new).insert(port) {
+        if used.insert(port) {
             return port;
         }
     }
