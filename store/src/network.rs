@@ -447,16 +447,7 @@ impl Network {
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(i)) => item = i,
             }
         }
-        let Beat {
-            group,
-            incarnation,
-            rpc,
-        } = item.beat;
-        let req = PeerRequest::Group {
-            group,
-            incarnation,
-            rpc: GroupRpc::Append(rpc),
-        };
+        let req = self.request(GroupRpc::Append(item.beat.rpc));
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.call(addr, &req, left).await
     }

@@ -307,11 +307,6 @@ impl Store {
         Ok(store)
     }
 
-    /// Watches this node's own view of membership, from the membership log index set by
-    /// [`Store::watch_removal_after`] on: once it has seen itself listed there, a later
-    /// membership that no longer lists it means it has been removed. Older memberships are
-    /// history: a node that re-joins under its old id replays its own earlier removal
-    /// (from the log, after a snapshot taken while it was a member) and must not act on it.
     /// Every heartbeat interval, has each catalogue group this node leads send its
     /// heartbeats, all at the same instant, so that the transport carries them to each
     /// peer in one frame (`network.rs`). openraft's own per-group timers, off for
@@ -352,6 +347,11 @@ impl Store {
         });
     }
 
+    /// Watches this node's own view of membership, from the membership log index set by
+    /// [`Store::watch_removal_after`] on: once it has seen itself listed there, a later
+    /// membership that no longer lists it means it has been removed. Older memberships are
+    /// history: a node that re-joins under its old id replays its own earlier removal
+    /// (from the log, after a snapshot taken while it was a member) and must not act on it.
     fn spawn_removal_watch(self: &Arc<Self>) {
         let mut rx = self.default.raft.metrics();
         let id = self.default.raft_id;

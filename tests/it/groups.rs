@@ -103,6 +103,29 @@ impl TestCluster {
         Some((s, h, v))
     }
 
+    /// Moves group `g`'s leadership, through node `via` (following redirects), to a voter
+    /// other than its leader; panics unless the answer is `200` naming that voter. Returns
+    /// the old leader and the new one.
+    async fn must_move_leader(&self, via: usize, g: &str) -> (String, String) {
+        let (_, v) = self
+            .follow_json(0, Method::GET, &format!("/groups/{g}"), "")
+            .await;
+        let old = v["leader"]["id"].as_str().expect("a leader").to_string();
+        let target = self.nodes.iter().find(|n| n.id != old).unwrap().id.clone();
+        let body = json!({"id": target}).to_string();
+        let started = std::time::Instant::now();
+        let (s, v) = self
+            .follow_json(via, Method::POST, &format!("/groups/{g}/leader"), &body)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{g}: {v}\n{}", self.logs(30));
+        assert_eq!(v["leader"]["id"], json!(target), "{g}: {v}");
+        println!(
+            "{g}: leadership moved from {old} to {target} in {:?}",
+            started.elapsed()
+        );
+        (old, target)
+    }
+
     /// Waits until node `i` no longer runs group `g` (its data directory is gone).
     async fn must_not_run(&self, i: usize, g: &str) {
         let dir = self.nodes[i].dir.join("groups").join(g);
@@ -360,22 +383,7 @@ async fn leadership_moves_to_the_voter_named() {
     c.must_create_group(0, "gt", &[0, 1, 2]).await;
     c.must_put_in(0, "gt", "before", "1").await;
     for g in ["gt", "default"] {
-        let (_, v) = c
-            .follow_json(0, Method::GET, &format!("/groups/{g}"), "")
-            .await;
-        let old = v["leader"]["id"].as_str().expect("a leader").to_string();
-        let target = c.nodes.iter().find(|n| n.id != old).unwrap().id.clone();
-        let body = json!({"id": target}).to_string();
-        let started = std::time::Instant::now();
-        let (s, v) = c
-            .follow_json(2, Method::POST, &format!("/groups/{g}/leader"), &body)
-            .await;
-        assert_eq!(s, StatusCode::OK, "{g}: {v}\n{}", c.logs(30));
-        assert_eq!(v["leader"]["id"], json!(target), "{g}: {v}");
-        println!(
-            "{g}: leadership moved from {old} to {target} in {:?}",
-            started.elapsed()
-        );
+        c.must_move_leader(2, g).await;
         // Not a voter: 400, and nothing moves.
         let (s, _, v) = c
             .raw(
@@ -556,21 +564,8 @@ async fn leadership_moves_in_a_group_of_five_voters() {
     let c = TestCluster::start(5, &[]).await;
     c.must_create_group(0, "g5", &[0, 1, 2, 3, 4]).await;
     c.must_put_in(0, "g5", "before", "1").await;
-    for round in 0..2 {
-        let (_, v) = c.follow_json(0, Method::GET, "/groups/g5", "").await;
-        let old = v["leader"]["id"].as_str().expect("a leader").to_string();
-        let target = c.nodes.iter().find(|n| n.id != old).unwrap().id.clone();
-        let body = json!({"id": target}).to_string();
-        let started = std::time::Instant::now();
-        let (s, v) = c
-            .follow_json(1, Method::POST, "/groups/g5/leader", &body)
-            .await;
-        assert_eq!(s, StatusCode::OK, "round {round}: {v}\n{}", c.logs(30));
-        assert_eq!(v["leader"]["id"], json!(target), "round {round}: {v}");
-        println!(
-            "g5 (five voters): leadership moved from {old} to {target} in {:?}",
-            started.elapsed()
-        );
+    for _ in 0..2 {
+        c.must_move_leader(1, "g5").await;
     }
     c.must_put_in(2, "g5", "after", "2").await;
     let (s, v) = c
