@@ -96,7 +96,11 @@ impl Options {
             read_timeout: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(60),
             heartbeat: Duration::from_millis(150),
-            election_timeout: Duration::from_millis(800)..Duration::from_millis(1600),
+            // openraft 0.9 makes the maximum the leader lease too: a follower campaigns
+            // only after a lease and an election timeout without a heartbeat (1.0-1.4 s,
+            // 7 or more heartbeats), and a leadership transfer that must wait out a lease
+            // (a young leader, five voters) takes just over 0.7 s.
+            election_timeout: Duration::from_millis(300)..Duration::from_millis(700),
             peer_auth: PeerAuth::None,
         }
     }

@@ -526,7 +526,7 @@ async fn idle_groups_keep_their_leaders_on_coalesced_heartbeats() {
     assert_eq!(before.len(), ids.len(), "{before:?}");
     let (f0, b0) = counts().await;
     // 20 heartbeat intervals' worth (9 groups, 2 followers each): 3 s, past the longest
-    // election timeout (1.6 s) twice over, so a follower left without heartbeats would
+    // leader lease and election timeout (1.4 s) twice over, so a follower left without heartbeats would
     // have started an election.
     let want = (ids.len() * 2 * 20) as f64;
     let (f1, b1) = wait_for(
