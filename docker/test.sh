@@ -293,6 +293,6 @@ say "docker-compose stop (SIGTERM)"
 compose stop -t 30 >/dev/null 2>&1
 for s in node1 node2 node3; do
   code=$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q "$s")")
-  expect "$s exited on SIGTERM with code" "$code" 0
+  expect "$s exited on SIGTERM with code 0" "$code" 0
 done
 say "PASS"
