@@ -405,18 +405,7 @@ impl Client {
                 detail: format!("{status}: {e}: {}", String::from_utf8_lossy(&bytes)),
             });
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(Error::Api {
-                endpoint,
-                status: status.as_u16(),
-                body,
-                location,
-            }),
-            Err(_) => Err(Error::Decode {
-                endpoint,
-                detail: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            }),
-        }
+        Err(api_error(endpoint, status, location, &bytes))
     }
 
     /// `GET /status` of the endpoint that answers first.
@@ -570,6 +559,26 @@ impl Client {
         self.call(Method::GET, "/livez", None, &[]).await
     }
 
+    /// `GET /backup?level=` (or `/groups/<g>/backup`): the answer, once it is a `200`,
+    /// for the caller to stream (a backup may be larger than memory); an error status
+    /// comes back decoded, as from every other call.
+    pub async fn backup(&self, level: ReadLevel) -> Result<reqwest::Response> {
+        let path = match &self.group {
+            Some(g) => format!("/groups/{g}/backup?level={}", level.as_str()),
+            None => format!("/backup?level={}", level.as_str()),
+        };
+        let (endpoint, resp) = self.send(Method::GET, &path, None, &[]).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+            endpoint: endpoint.clone(),
+            source: e,
+        })?;
+        Err(api_error(endpoint, status, None, &bytes))
+    }
+
     /// `GET /metrics` (Prometheus text).
     pub async fn metrics(&self) -> Result<String> {
         let (endpoint, resp) = self.send(Method::GET, "/metrics", None, &[]).await?;
@@ -577,6 +586,27 @@ impl Client {
             endpoint,
             source: e,
         })
+    }
+}
+
+/// The error an answer with a non-`2xx` `status` and body `bytes` stands for.
+fn api_error(
+    endpoint: String,
+    status: reqwest::StatusCode,
+    location: Option<String>,
+    bytes: &[u8],
+) -> Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => Error::Api {
+            endpoint,
+            status: status.as_u16(),
+            body,
+            location,
+        },
+        Err(_) => Error::Decode {
+            endpoint,
+            detail: format!("{status}: {}", String::from_utf8_lossy(bytes)),
+        },
     }
 }
 

@@ -12,6 +12,7 @@ mod failover;
 mod forward;
 mod groups;
 mod hardening;
+mod hraftctl;
 mod join;
 mod membership;
 mod operations;

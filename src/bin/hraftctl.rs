@@ -1,0 +1,283 @@
+//! `hraftctl`: the command-line client of hraftd, as etcdctl is etcd's. A thin shell over
+//! the typed client (`hraftd-client`): the endpoint list with failover, `307`s followed
+//! with method and body, typed errors. It owns only argument parsing, output (a plain
+//! table, or `--json`) and the exit codes scripts rely on:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done |
+//! | 1 | the key does not exist |
+//! | 2 | usage: bad arguments, or the server refused the request as malformed or not allowed (4xx) |
+//! | 3 | unavailable: no endpoint answered, no leader, a timeout, a server error (5xx) |
+//!
+//! Secrets never come from the command line: the password is read from `HRAFTD_PASSWORD`
+//! or `--password-file`, the cluster key (for `join`) from a file.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use hraftd_client::Client;
+use hraftd_client::JoinRequest;
+use hraftd_client::ReadLevel;
+use serde_json::json;
+
+/// Command-line client of hraftd.
+#[derive(Debug, Parser)]
+#[command(name = "hraftctl", version)]
+struct Args {
+    /// HTTP addresses of cluster nodes, tried in turn (comma-separated; default:
+    /// `HRAFTD_ENDPOINTS`, else 127.0.0.1:11000).
+    #[arg(short = 'H', long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// The Raft group (default: the default group).
+    #[arg(long, global = true)]
+    group: Option<String>,
+    /// Read level: stale, default or consistent.
+    #[arg(long, global = true, default_value = "default", value_parser = parse_level)]
+    level: ReadLevel,
+    /// Print the server's answers as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The CA that signed the nodes' certificates (for https:// endpoints).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Act as this user (`-auth`); the password is read from `HRAFTD_PASSWORD`, or from
+    /// `--password-file`.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    /// How long one request may take, in seconds.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a key's value.
+    Get { key: String },
+    /// Set a key.
+    Put { key: String, value: String },
+    /// Delete a key.
+    Del { key: String },
+    /// The answering node's status: role, term, leader, indexes.
+    Status,
+    /// The cluster's members (as the answering node sees them).
+    Members,
+    /// Add a node (learner first, then voter once caught up).
+    Join {
+        id: String,
+        /// Its Raft (peer) address.
+        raft_addr: String,
+        /// Its HTTP address.
+        http_addr: String,
+        /// The cluster key file, where the cluster has one (`-cluster-key`).
+        #[arg(long)]
+        cluster_key: Option<PathBuf>,
+    },
+    /// Remove a node.
+    Remove { id: String },
+    /// Write a backup of the state machine to FILE (`hraftd restore` or `hraftd load`
+    /// read it).
+    Backup { file: PathBuf },
+}
+
+fn parse_level(s: &str) -> Result<ReadLevel, String> {
+    ReadLevel::parse(s)
+        .ok_or_else(|| format!("unknown level {s:?}; use stale, default or consistent"))
+}
+
+/// What ended a command other than success, and the exit code it maps to.
+enum Failure {
+    NotFound(String),
+    Usage(String),
+    Unavailable(String),
+}
+
+impl From<hraftd_client::Error> for Failure {
+    fn from(e: hraftd_client::Error) -> Failure {
+        match e.status() {
+            Some(404) => Failure::NotFound(e.to_string()),
+            Some(s) if (400..500).contains(&s) => Failure::Usage(e.to_string()),
+            _ => Failure::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Usage(format!("{e:#}"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let (code, msg) = match f {
+                Failure::NotFound(m) => (1, m),
+                Failure::Usage(m) => (2, m),
+                Failure::Unavailable(m) => (3, m),
+            };
+            eprintln!("hraftctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Builds the client from the global options.
+fn client(a: &Args) -> anyhow::Result<Client> {
+    let endpoints = match (&a.endpoints[..], std::env::var("HRAFTD_ENDPOINTS")) {
+        ([], Ok(env)) => env.split(',').map(str::trim).map(String::from).collect(),
+        ([], Err(_)) => vec!["127.0.0.1:11000".to_string()],
+        (given, _) => given.to_vec(),
+    };
+    let mut b = Client::builder(endpoints).timeout(Duration::from_secs(a.timeout));
+    if let Some(ca) = &a.ca {
+        b = b.ca_pem(std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?);
+    }
+    if let Some(user) = &a.user {
+        let password = match (&a.password_file, std::env::var("HRAFTD_PASSWORD")) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading --password-file {}", f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (None, Ok(p)) => p,
+            (None, Err(_)) => anyhow::bail!("--user needs HRAFTD_PASSWORD or --password-file"),
+        };
+        b = b.basic_auth(user.clone(), password);
+    }
+    let c = b.build().context("building the HTTP client")?;
+    Ok(match &a.group {
+        Some(g) => c.in_group(g),
+        None => c,
+    })
+}
+
+fn print(json: bool, value: serde_json::Value, table: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", table());
+    }
+}
+
+async fn run(a: Args) -> Result<(), Failure> {
+    let c = client(&a)?;
+    match &a.command {
+        Command::Get { key } => match c.get(key, a.level).await? {
+            Some(v) => print(a.json, json!({ key: v }), || format!("{v}\n")),
+            None => return Err(Failure::NotFound(format!("key not found: {key}"))),
+        },
+        Command::Put { key, value } => {
+            let index = c.put(key, value).await?;
+            print(a.json, json!({ "index": index }), || {
+                format!("OK index {index}\n")
+            });
+        }
+        Command::Del { key } => {
+            let index = c.delete(key).await?;
+            print(a.json, json!({ "index": index }), || {
+                format!("OK index {index}\n")
+            });
+        }
+        Command::Status => {
+            let s = c.status().await?;
+            let leader = s.leader_id().unwrap_or("(none)").to_string();
+            let v = serde_json::to_value(&s).expect("a status encodes");
+            print(a.json, v, || {
+                format!(
+                    "id\t{}\nrole\t{}\nterm\t{}\nleader\t{leader}\ncommit_index\t{}\napplied_index\t{}\n",
+                    s.id, s.role, s.term, s.commit_index, s.applied_index
+                )
+            });
+        }
+        Command::Members => {
+            let s = c.status().await?;
+            let v = serde_json::to_value(&s.members).expect("members encode");
+            print(a.json, v, || {
+                let mut t = String::from("ID\tRAFT ADDRESS\tHTTP ADDRESS\tVOTER\tLEADER\n");
+                for m in &s.members {
+                    let leads = s.leader_id() == Some(m.id.as_str());
+                    t += &format!(
+                        "{}\t{}\t{}\t{}\t{}\n",
+                        m.id, m.raft_addr, m.http_addr, m.voter, leads
+                    );
+                }
+                t
+            });
+        }
+        Command::Join {
+            id,
+            raft_addr,
+            http_addr,
+            cluster_key,
+        } => {
+            let key = match cluster_key {
+                Some(f) => Some(
+                    hraftd_store::ClusterKey::load(f)
+                        .with_context(|| format!("reading --cluster-key {}", f.display()))?,
+                ),
+                None => None,
+            };
+            let req = JoinRequest {
+                id: id.clone(),
+                addr: raft_addr.clone(),
+                http_addr: http_addr.clone(),
+            };
+            let sign = |body: &[u8]| {
+                key.as_ref().map(|k| {
+                    (
+                        hraftd_store::JoinProof::HEADER,
+                        hraftd_store::JoinProof::make(k, body),
+                    )
+                })
+            };
+            let r = c.join(&req, sign).await?;
+            let v = serde_json::to_value(&r).expect("a join answer encodes");
+            print(a.json, v, || {
+                format!("joined {} at index {}\n", r.joined, r.index)
+            });
+        }
+        Command::Remove { id } => {
+            let r = c.remove(id).await?;
+            let v = serde_json::to_value(&r).expect("a remove answer encodes");
+            print(a.json, v, || format!("removed {}\n", r.removed));
+        }
+        Command::Backup { file } => {
+            let mut resp = c.backup(a.level).await?;
+            // Written beside the target and renamed once whole, so FILE is never a torn
+            // backup.
+            let tmp = file.with_extension("partial");
+            let mut out = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut bytes = 0u64;
+            loop {
+                let chunk = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| Failure::Unavailable(format!("reading the backup: {e}")))?;
+                let Some(chunk) = chunk else { break };
+                out.write_all(&chunk)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                bytes += chunk.len() as u64;
+            }
+            out.sync_all()
+                .and_then(|()| std::fs::rename(&tmp, file))
+                .with_context(|| format!("saving {}", file.display()))?;
+            print(a.json, json!({ "file": file, "bytes": bytes }), || {
+                format!("wrote {bytes} bytes to {}\n", file.display())
+            });
+        }
+    }
+    Ok(())
+}
