@@ -4,19 +4,20 @@
 
 use std::process::Output;
 
+use crate::auth::auth_file;
+use crate::auth::hash;
 use crate::common::free_port;
 use crate::common::TestCluster;
 
-/// Runs `hraftctl` with `args`, `HRAFTD_ENDPOINTS` set to `env` (when given) and a
-/// deadline; panics if it cannot run or hangs.
-async fn hraftctl(env: Option<&str>, args: &[&str]) -> Output {
+/// Runs `hraftctl` with `args`, the environment variables `env` (and no inherited
+/// `HRAFTD_*`) and a deadline; panics if it cannot run or hangs.
+async fn hraftctl(env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hraftctl"));
     cmd.args(args)
         .env_remove("HRAFTD_ENDPOINTS")
+        .env_remove("HRAFTD_PASSWORD")
+        .envs(env.iter().copied())
         .kill_on_drop(true);
-    if let Some(e) = env {
-        cmd.env("HRAFTD_ENDPOINTS", e);
-    }
     tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("hraftctl {args:?} did not finish within 60 s"))
@@ -24,7 +25,7 @@ async fn hraftctl(env: Option<&str>, args: &[&str]) -> Output {
 }
 
 /// Runs `hraftctl` and requires exit code `code`; returns its standard output.
-async fn must(code: i32, env: Option<&str>, args: &[&str]) -> String {
+async fn must(code: i32, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = hraftctl(env, args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -46,17 +47,22 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     let eps = format!("{dead},{}", c.nodes[follower].http);
     let h = ["-H", eps.as_str()];
 
-    let out = must(0, None, &[&h[..], &["put", "user1", "batman"]].concat()).await;
+    let out = must(0, &[], &[&h[..], &["put", "user1", "batman"]].concat()).await;
     assert!(out.starts_with("OK index "), "{out}");
     let out = must(
         0,
-        None,
+        &[],
         &[&h[..], &["get", "user1", "--level", "consistent"]].concat(),
     )
     .await;
     assert_eq!(out, "batman\n");
     // The same through HRAFTD_ENDPOINTS, as JSON.
-    let out = must(0, Some(&eps), &["get", "user1", "--json"]).await;
+    let out = must(
+        0,
+        &[("HRAFTD_ENDPOINTS", &eps)],
+        &["get", "user1", "--json"],
+    )
+    .await;
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&out).unwrap(),
         serde_json::json!({"user1": "batman"})
@@ -64,7 +70,7 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     // A stale read from the follower itself.
     let out = must(
         0,
-        None,
+        &[],
         &[
             "-H",
             &c.nodes[follower].http,
@@ -78,43 +84,43 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     assert_eq!(out, "batman\n");
 
     // Not found is 1; a bad level and a bad key (empty) are usage errors, 2.
-    must(1, None, &[&h[..], &["get", "nobody"]].concat()).await;
+    must(1, &[], &[&h[..], &["get", "nobody"]].concat()).await;
     must(
         2,
-        None,
+        &[],
         &[&h[..], &["get", "user1", "--level", "eventual"]].concat(),
     )
     .await;
-    must(2, None, &[&h[..], &["put", "", "v"]].concat()).await;
-    must(0, None, &[&h[..], &["del", "user1"]].concat()).await;
+    must(2, &[], &[&h[..], &["put", "", "v"]].concat()).await;
+    must(0, &[], &[&h[..], &["del", "user1"]].concat()).await;
     must(
         1,
-        None,
+        &[],
         &[&h[..], &["get", "user1", "--level", "consistent"]].concat(),
     )
     .await;
 
     // status and members.
-    let out = must(0, None, &[&h[..], &["status", "--json"]].concat()).await;
+    let out = must(0, &[], &[&h[..], &["status", "--json"]].concat()).await;
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         s["leader"]["id"],
         serde_json::json!(c.nodes[leader].id),
         "{s}"
     );
-    let out = must(0, None, &[&h[..], &["members"]].concat()).await;
+    let out = must(0, &[], &[&h[..], &["members"]].concat()).await;
     assert_eq!(out.lines().count(), 4, "a header and three members: {out}");
     for n in &c.nodes {
         assert!(out.contains(&n.id), "{} missing: {out}", n.id);
     }
 
     // backup: a whole file, which `hraftd` can verify.
-    must(0, None, &[&h[..], &["put", "kept", "yes"]].concat()).await;
+    must(0, &[], &[&h[..], &["put", "kept", "yes"]].concat()).await;
     let file = c.tmp.path().join("hraftctl.backup");
     let f = file.to_str().unwrap();
     let out = must(
         0,
-        None,
+        &[],
         &[&h[..], &["backup", f, "--level", "consistent"]].concat(),
     )
     .await;
@@ -124,14 +130,14 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     // --group: the default group named, through /groups/default/key.
     let out = must(
         0,
-        None,
+        &[],
         &[&h[..], &["--group", "default", "get", "kept"]].concat(),
     )
     .await;
     assert_eq!(out, "yes\n");
     must(
         2,
-        None,
+        &[],
         &[&h[..], &["--group", "bad group!", "get", "kept"]].concat(),
     )
     .await;
@@ -139,15 +145,79 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     // join (of a member: a no-op that answers as a join does) and remove (of a fourth node).
     let n = &c.nodes[follower];
     let (id, raft, http) = (n.id.clone(), n.raft.clone(), n.http.clone());
-    let out = must(0, None, &[&h[..], &["join", &id, &raft, &http]].concat()).await;
+    let out = must(0, &[], &[&h[..], &["join", &id, &raft, &http]].concat()).await;
     assert!(out.starts_with(&format!("joined {id} at index ")), "{out}");
     let i = c.must_join_new_node().await;
     let id = c.nodes[i].id.clone();
-    let out = must(0, None, &[&h[..], &["remove", &id]].concat()).await;
+    let out = must(0, &[], &[&h[..], &["remove", &id]].concat()).await;
     assert_eq!(out, format!("removed {id}\n"));
     let s = c.status(leader).await.unwrap();
     assert!(s.members.iter().all(|m| m.id != id), "{s:?}");
 
     // No endpoint answers: unavailable, 3.
-    must(3, None, &["-H", &dead, "--timeout", "5", "get", "kept"]).await;
+    must(3, &[], &["-H", &dead, "--timeout", "5", "get", "kept"]).await;
+}
+
+#[tokio::test]
+async fn hraftctl_acts_as_the_user_given_with_the_password_never_on_the_command_line() {
+    let mut c = TestCluster::empty(&[]);
+    let (reader_h, writer_h) = (hash("reader-pw"), hash("writer-pw"));
+    let users = [
+        ("reader", reader_h.as_str(), &["read"][..]),
+        ("writer", writer_h.as_str(), &["read", "write"][..]),
+    ];
+    let file = c.tmp.path().join("auth.json");
+    // Anonymous clients may read status (the harness watches the cluster with it).
+    std::fs::write(&file, auth_file(&users, &["read"])).unwrap();
+    c.extra_args = vec!["-auth".into(), file.display().to_string()];
+    c.add_node(None);
+    c.must_leader().await;
+    let http = c.nodes[0].http.clone();
+    let h = ["-H", http.as_str()];
+    let pw_file = c.tmp.path().join("writer-password");
+    std::fs::write(&pw_file, "writer-pw\n").unwrap();
+    let pw = pw_file.to_str().unwrap();
+
+    // The writer writes, with the password from the environment or from a file.
+    let writer_env = [("HRAFTD_PASSWORD", "writer-pw")];
+    must(
+        0,
+        &writer_env,
+        &[&h[..], &["--user", "writer", "put", "k", "v"]].concat(),
+    )
+    .await;
+    let as_writer = ["--user", "writer", "--password-file", pw];
+    let out = must(0, &[], &[&h[..], &as_writer, &["get", "k"]].concat()).await;
+    assert_eq!(out, "v\n");
+    // Refusals are usage errors (2): no credentials (401), a reader writing (403), a
+    // wrong password (401), and --user with no password to be found.
+    must(2, &[], &[&h[..], &["put", "k", "w"]].concat()).await;
+    let reader_env = [("HRAFTD_PASSWORD", "reader-pw")];
+    must(
+        2,
+        &reader_env,
+        &[&h[..], &["--user", "reader", "put", "k", "w"]].concat(),
+    )
+    .await;
+    let wrong = [("HRAFTD_PASSWORD", "not-it")];
+    must(
+        2,
+        &wrong,
+        &[&h[..], &["--user", "writer", "get", "k"]].concat(),
+    )
+    .await;
+    let out = hraftctl(&[], &[&h[..], &["--user", "writer", "get", "k"]].concat()).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HRAFTD_PASSWORD"),
+        "{out:?}"
+    );
+    // The reader reads; nothing it tried changed the key.
+    let out = must(
+        0,
+        &reader_env,
+        &[&h[..], &["--user", "reader", "get", "k"]].concat(),
+    )
+    .await;
+    assert_eq!(out, "v\n");
 }
