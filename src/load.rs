@@ -24,15 +24,8 @@ pub struct LoadArgs {
     /// The group to load into (default: the default group).
     #[arg(long)]
     pub group: Option<String>,
-    /// The CA that signed the nodes' certificates (for https:// addresses).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Load as this user (`-auth`); the password is read from `HRAFTD_PASSWORD`, or from
-    /// `--password-file`.
-    #[arg(long)]
-    pub user: Option<String>,
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: hraftd::client_opts::ClientOpts,
 }
 
 /// Bytes of keys and values per request: well under the default body limit (1 MiB).
@@ -43,21 +36,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<()> {
     let info = hraftd_store::backup::verify(&a.from)
         .with_context(|| format!("checking {}", a.from.display()))?;
     // 2. A client of the cluster, as the user given.
-    let mut b = hraftd_client::Client::builder(a.to.clone()).timeout(Duration::from_secs(30));
-    if let Some(ca) = &a.ca {
-        b = b.ca_pem(std::fs::read(ca).with_context(|| ca.display().to_string())?);
-    }
-    if let Some(user) = &a.user {
-        let password = match (&a.password_file, std::env::var("HRAFTD_PASSWORD")) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .with_context(|| f.display().to_string())?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            (None, Ok(p)) => p,
-            (None, Err(_)) => anyhow::bail!("--user needs HRAFTD_PASSWORD or --password-file"),
-        };
-        b = b.basic_auth(user.clone(), password);
-    }
+    let b = a.client.builder(a.to.clone(), Duration::from_secs(30))?;
     let client = b.build().context("an HTTP client")?;
     let client = match &a.group {
         Some(g) => client.in_group(g),

@@ -43,15 +43,8 @@ struct Args {
     /// Print the server's answers as JSON.
     #[arg(long, global = true)]
     json: bool,
-    /// The CA that signed the nodes' certificates (for https:// endpoints).
-    #[arg(long, global = true)]
-    ca: Option<PathBuf>,
-    /// Act as this user (`-auth`); the password is read from `HRAFTD_PASSWORD`, or from
-    /// `--password-file`.
-    #[arg(long, global = true)]
-    user: Option<String>,
-    #[arg(long, global = true)]
-    password_file: Option<PathBuf>,
+    #[command(flatten)]
+    client: hraftd::client_opts::ClientOpts,
     /// How long one request may take, in seconds.
     #[arg(long, global = true, default_value_t = 30)]
     timeout: u64,
@@ -141,21 +134,9 @@ fn client(a: &Args) -> anyhow::Result<Client> {
         ([], Err(_)) => vec!["127.0.0.1:11000".to_string()],
         (given, _) => given.to_vec(),
     };
-    let mut b = Client::builder(endpoints).timeout(Duration::from_secs(a.timeout));
-    if let Some(ca) = &a.ca {
-        b = b.ca_pem(std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?);
-    }
-    if let Some(user) = &a.user {
-        let password = match (&a.password_file, std::env::var("HRAFTD_PASSWORD")) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading --password-file {}", f.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_string(),
-            (None, Ok(p)) => p,
-            (None, Err(_)) => anyhow::bail!("--user needs HRAFTD_PASSWORD or --password-file"),
-        };
-        b = b.basic_auth(user.clone(), password);
-    }
+    let b = a
+        .client
+        .builder(endpoints, Duration::from_secs(a.timeout))?;
     let c = b.build().context("building the HTTP client")?;
     Ok(match &a.group {
         Some(g) => c.in_group(g),
