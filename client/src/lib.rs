@@ -281,20 +281,23 @@ impl Client {
         }
     }
 
+    /// `path` (of a default-group route such as `/key` or `/backup`) for this client's
+    /// group: `/groups/<g>` + `path` in a group, `path` itself otherwise.
+    fn group_path(&self, path: &str) -> String {
+        match &self.group {
+            Some(g) => format!("/groups/{g}{path}"),
+            None => path.to_string(),
+        }
+    }
+
     /// The path of `key` for this client's group.
     fn key_path(&self, key: &str) -> String {
-        match &self.group {
-            Some(g) => format!("/groups/{g}{}", key_path(key)),
-            None => key_path(key),
-        }
+        self.group_path(&key_path(key))
     }
 
     /// `/key`, or `/groups/<g>/key`.
     fn keys_path(&self) -> String {
-        match &self.group {
-            Some(g) => format!("/groups/{g}/key"),
-            None => "/key".to_string(),
-        }
+        self.group_path("/key")
     }
 
     /// Sends one request: to the preferred endpoint, then to the others while the
@@ -563,10 +566,7 @@ impl Client {
     /// for the caller to stream (a backup may be larger than memory); an error status
     /// comes back decoded, as from every other call.
     pub async fn backup(&self, level: ReadLevel) -> Result<reqwest::Response> {
-        let path = match &self.group {
-            Some(g) => format!("/groups/{g}/backup?level={}", level.as_str()),
-            None => format!("/backup?level={}", level.as_str()),
-        };
+        let path = self.group_path(&format!("/backup?level={}", level.as_str()));
         let (endpoint, resp) = self.send(Method::GET, &path, None, &[]).await?;
         if resp.status().is_success() {
             return Ok(resp);

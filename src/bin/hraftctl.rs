@@ -6,7 +6,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | done |
-//! | 1 | the key does not exist |
+//! | 1 | not found: the key (or the group named) does not exist |
 //! | 2 | usage: bad arguments, or the server refused the request as malformed or not allowed (4xx) |
 //! | 3 | unavailable: no endpoint answered, no leader, a timeout, a server error (5xx) |
 //!
@@ -236,9 +236,11 @@ async fn run(a: Args) -> Result<(), Failure> {
         }
         Command::Backup { file } => {
             let mut resp = c.backup(a.level).await?;
-            // Written beside the target and renamed once whole, so FILE is never a torn
-            // backup.
-            let tmp = file.with_extension("partial");
+            // Written beside the target (FILE.partial) and renamed once whole, so FILE is
+            // never a torn backup.
+            let mut tmp = file.clone().into_os_string();
+            tmp.push(".partial");
+            let tmp = PathBuf::from(tmp);
             let mut out = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut bytes = 0u64;

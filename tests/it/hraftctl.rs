@@ -125,6 +125,8 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
     )
     .await;
     assert!(out.starts_with("wrote "), "{out}");
+    let partial = c.tmp.path().join("hraftctl.backup.partial");
+    assert!(!partial.exists(), "the partial file is renamed into place");
     let info = hraftd_store::backup::verify(&file).expect("a whole backup");
     assert_eq!(info.keys, 1, "{info:?}");
     // --group: the default group named, through /groups/default/key.
