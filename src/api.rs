@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use hraftd_httpd::wire;
 use hraftd_httpd::ApiError;
 use hraftd_httpd::Backup;
 use hraftd_httpd::CfSize;
@@ -11,16 +12,23 @@ use hraftd_httpd::GroupInfo;
 use hraftd_httpd::GroupMetrics;
 use hraftd_httpd::GroupNodeInfo;
 use hraftd_httpd::JoinRequest;
+use hraftd_httpd::KeyRange;
 use hraftd_httpd::KvStore;
 use hraftd_httpd::MemberInfo;
 use hraftd_httpd::NodeInfo;
 use hraftd_httpd::NodeMetrics;
+use hraftd_httpd::Page;
+use hraftd_httpd::RangeRequest;
+use hraftd_httpd::Read;
 use hraftd_httpd::ReadLevel;
+use hraftd_httpd::ReadOptions;
 use hraftd_httpd::Status;
 use hraftd_store::Error;
 use hraftd_store::GroupView;
 use hraftd_store::JoinProof;
 use hraftd_store::Node;
+use hraftd_store::Op;
+use hraftd_store::Outcome;
 use hraftd_store::Store;
 
 /// The real store, as the HTTP layer sees it.
@@ -64,12 +72,237 @@ fn node_info(n: Node) -> NodeInfo {
     }
 }
 
+fn read_opts(o: &ReadOptions) -> hraftd_store::ReadOpts {
+    hraftd_store::ReadOpts {
+        level: level(o.level),
+        min_index: o.min_index,
+        wait: o.wait,
+    }
+}
+
+fn key_value(kv: hraftd_store::KeyValue, with_value: bool) -> wire::KeyValue {
+    wire::KeyValue {
+        key: kv.key,
+        value: with_value.then_some(kv.value),
+        create_index: kv.meta.create_index,
+        mod_index: kv.meta.mod_index,
+        version: kv.meta.version,
+    }
+}
+
+/// A validated transaction (the HTTP layer checked every compare's value type) in the
+/// store's terms.
+fn txn(t: wire::TxnRequest) -> Result<hraftd_store::Txn, ApiError> {
+    use hraftd_store::CmpOp;
+    use hraftd_store::Target;
+    use hraftd_store::TxnOp;
+    let mut compare = Vec::with_capacity(t.compare.len());
+    for c in t.compare {
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "compare on {:?}: value {} does not fit its target",
+                c.key, c.value
+            ))
+        };
+        let n = || c.value.as_u64().ok_or_else(bad);
+        let target = match c.target {
+            wire::CompareTarget::Value => {
+                Target::Value(c.value.as_str().ok_or_else(bad)?.to_string())
+            }
+            wire::CompareTarget::Version => Target::Version(n()?),
+            wire::CompareTarget::ModIndex => Target::ModIndex(n()?),
+            wire::CompareTarget::CreateIndex => Target::CreateIndex(n()?),
+            wire::CompareTarget::Exists => Target::Exists(c.value.as_bool().ok_or_else(bad)?),
+        };
+        let op = match c.op {
+            wire::CompareOp::Eq => CmpOp::Eq,
+            wire::CompareOp::Ne => CmpOp::Ne,
+            wire::CompareOp::Lt => CmpOp::Lt,
+            wire::CompareOp::Gt => CmpOp::Gt,
+        };
+        compare.push(hraftd_store::Compare {
+            key: c.key,
+            target,
+            op,
+        });
+    }
+    let ops = |ops: Vec<wire::TxnOp>| -> Vec<TxnOp> {
+        ops.into_iter()
+            .map(|o| match o {
+                wire::TxnOp::Put { key, value } => TxnOp::Put { key, value },
+                wire::TxnOp::Delete { key } => TxnOp::Delete { key },
+                wire::TxnOp::DeletePrefix { prefix } => TxnOp::DeletePrefix { prefix },
+                wire::TxnOp::Get { key } => TxnOp::Get { key },
+            })
+            .collect()
+    };
+    Ok(hraftd_store::Txn {
+        compare,
+        success: ops(t.success),
+        failure: ops(t.failure),
+    })
+}
+
 impl KvStore for Api {
-    async fn get(&self, group: &str, key: &str, l: ReadLevel) -> Result<Option<String>, ApiError> {
-        self.0
-            .group_get(group, key, level(l))
+    async fn get(
+        &self,
+        group: &str,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<Read<Option<wire::KeyValue>>, ApiError> {
+        let r = self
+            .0
+            .group_get(group, key, &read_opts(opts))
             .await
-            .map_err(api_error)
+            .map_err(api_error)?;
+        Ok(Read {
+            index: r.index,
+            value: r.value.map(|kv| key_value(kv, true)),
+        })
+    }
+
+    async fn range(
+        &self,
+        group: &str,
+        range: &RangeRequest,
+        opts: &ReadOptions,
+    ) -> Result<Read<Page>, ApiError> {
+        let mut r = match &range.keys {
+            KeyRange::Prefix(p) => hraftd_store::Range::prefix(p),
+            KeyRange::Between { from, to } => hraftd_store::Range {
+                from: from.clone(),
+                to: to.clone().map(String::into_bytes),
+                after: None,
+                limit: 0,
+                keys_only: false,
+            },
+        };
+        r.after = range.after.clone();
+        r.limit = range.limit;
+        r.keys_only = range.keys_only;
+        let read = self
+            .0
+            .group_range(group, &r, &read_opts(opts))
+            .await
+            .map_err(api_error)?;
+        Ok(Read {
+            index: read.index,
+            value: Page {
+                kvs: read
+                    .value
+                    .kvs
+                    .into_iter()
+                    .map(|kv| key_value(kv, !range.keys_only))
+                    .collect(),
+                more: read.value.more,
+            },
+        })
+    }
+
+    async fn cas(
+        &self,
+        group: &str,
+        key: String,
+        value: Option<String>,
+        expect: u64,
+    ) -> Result<u64, ApiError> {
+        let op = Op::Cas {
+            key: key.clone(),
+            value,
+            expect,
+        };
+        match self.0.group_write(group, op).await.map_err(api_error)? {
+            (_, Outcome::CasFailed { current }) => {
+                let message = match &current {
+                    Some(kv) if expect == 0 => {
+                        format!("key {key:?} exists (mod_index {})", kv.meta.mod_index)
+                    }
+                    Some(kv) => format!(
+                        "key {key:?} is at mod_index {}, not {expect}",
+                        kv.meta.mod_index
+                    ),
+                    None => format!("key {key:?} does not exist (expected mod_index {expect})"),
+                };
+                Err(ApiError::PreconditionFailed {
+                    message,
+                    current: current.map(|kv| key_value(kv, true)),
+                })
+            }
+            (index, _) => Ok(index),
+        }
+    }
+
+    async fn delete_prefix(
+        &self,
+        group: &str,
+        prefix: String,
+    ) -> Result<wire::DeletedResponse, ApiError> {
+        match self
+            .0
+            .group_write(group, Op::DeletePrefix { prefix })
+            .await
+            .map_err(api_error)?
+        {
+            (index, Outcome::Deleted { count }) => Ok(wire::DeletedResponse {
+                index,
+                deleted: count,
+            }),
+            (_, other) => Err(ApiError::Internal(format!(
+                "a prefix delete was applied as {other:?}"
+            ))),
+        }
+    }
+
+    async fn txn(&self, group: &str, t: wire::TxnRequest) -> Result<wire::TxnResponse, ApiError> {
+        let t = txn(t)?;
+        // What each result is about, from the branch that ran.
+        let (success, failure) = (t.success.clone(), t.failure.clone());
+        let (index, outcome) = self
+            .0
+            .group_write(group, Op::Txn(t))
+            .await
+            .map_err(api_error)?;
+        let Outcome::Txn { succeeded, results } = outcome else {
+            return Err(ApiError::Internal(format!(
+                "a transaction was applied as {outcome:?}"
+            )));
+        };
+        let branch = if succeeded { success } else { failure };
+        let results = branch
+            .into_iter()
+            .zip(results)
+            .map(|(op, r)| {
+                use hraftd_store::TxnOp as T;
+                use hraftd_store::TxnResult as R;
+                match (op, r) {
+                    (T::Put { key, .. }, _) => wire::TxnOpResult::Put { key },
+                    (T::Delete { key }, R::Deleted { count }) => wire::TxnOpResult::Delete {
+                        key,
+                        deleted: count,
+                    },
+                    (T::DeletePrefix { prefix }, R::Deleted { count }) => {
+                        wire::TxnOpResult::DeletePrefix {
+                            prefix,
+                            deleted: count,
+                        }
+                    }
+                    (T::Get { key }, R::Get { kv }) => wire::TxnOpResult::Get {
+                        key,
+                        kv: kv.map(|kv| key_value(kv, true)),
+                    },
+                    (T::Delete { key }, _) => wire::TxnOpResult::Delete { key, deleted: 0 },
+                    (T::DeletePrefix { prefix }, _) => {
+                        wire::TxnOpResult::DeletePrefix { prefix, deleted: 0 }
+                    }
+                    (T::Get { key }, _) => wire::TxnOpResult::Get { key, kv: None },
+                }
+            })
+            .collect();
+        Ok(wire::TxnResponse {
+            succeeded,
+            index,
+            results,
+        })
     }
 
     async fn set(&self, group: &str, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {

@@ -86,6 +86,19 @@ impl Error {
         matches!(self, Error::Transport { source, .. } if source.is_connect())
     }
 
+    /// A compare-and-set that did not hold (`412`): `Some(current)`, where `current` is the
+    /// key as it is (`None`: it does not exist). `None` for every other error.
+    pub fn cas_failed(&self) -> Option<Option<wire::KeyValue>> {
+        match self {
+            Error::Api { body, .. } if body.code == ErrorCode::PreconditionFailed => Some(
+                body.current
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok()),
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether a write that failed this way may nevertheless have been applied: the
     /// server said so, or the connection failed after the request was sent.
     pub fn outcome_unknown(&self) -> bool {
@@ -233,6 +246,102 @@ pub fn base_url(endpoint: &str) -> String {
 /// The path of `key` under `/key/`.
 pub fn key_path(key: &str) -> String {
     format!("/key/{}", utf8_percent_encode(key, KEY_PATH))
+}
+
+/// `v` encoded for a query string.
+fn query_value(v: &str) -> String {
+    utf8_percent_encode(v, KEY_PATH).to_string()
+}
+
+/// How a read is served: its level, and the index it must wait for (read-your-writes:
+/// pass the `index` a write returned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOpts {
+    pub level: ReadLevel,
+    pub min_index: Option<u64>,
+    /// How long the server may wait for `min_index` (its default: 5 s; at most 60 s).
+    pub wait: Option<Duration>,
+}
+
+impl ReadOpts {
+    pub fn level(level: ReadLevel) -> ReadOpts {
+        ReadOpts {
+            level,
+            min_index: None,
+            wait: None,
+        }
+    }
+
+    /// Also wait until the node has applied `index`.
+    pub fn min_index(mut self, index: u64) -> ReadOpts {
+        self.min_index = Some(index);
+        self
+    }
+
+    fn query(&self) -> String {
+        let mut q = format!("level={}", self.level.as_str());
+        if let Some(n) = self.min_index {
+            q.push_str(&format!("&min_index={n}"));
+        }
+        if let Some(w) = self.wait {
+            q.push_str(&format!("&wait={}ms", w.as_millis()));
+        }
+        q
+    }
+}
+
+/// Which keys a range read covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keys {
+    Prefix(String),
+    /// `[from, to)`; `to: None` runs to the last key.
+    Between {
+        from: String,
+        to: Option<String>,
+    },
+}
+
+/// One range request: `keys`, after `after`, at most `limit` (server default 1000).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeQuery {
+    pub keys: Keys,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+    pub keys_only: bool,
+}
+
+impl RangeQuery {
+    pub fn prefix(prefix: &str) -> RangeQuery {
+        RangeQuery {
+            keys: Keys::Prefix(prefix.to_string()),
+            after: None,
+            limit: None,
+            keys_only: false,
+        }
+    }
+
+    fn query(&self) -> String {
+        let mut q = match &self.keys {
+            Keys::Prefix(p) => format!("prefix={}", query_value(p)),
+            Keys::Between { from, to } => {
+                let mut q = format!("from={}", query_value(from));
+                if let Some(to) = to {
+                    q.push_str(&format!("&to={}", query_value(to)));
+                }
+                q
+            }
+        };
+        if let Some(a) = &self.after {
+            q.push_str(&format!("&after={}", query_value(a)));
+        }
+        if let Some(l) = self.limit {
+            q.push_str(&format!("&limit={l}"));
+        }
+        if self.keys_only {
+            q.push_str("&keys_only=true");
+        }
+        q
+    }
 }
 
 impl Client {
@@ -433,6 +542,72 @@ impl Client {
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /key/<key>?meta=true`: the key with its metadata, `None` when it does not
+    /// exist.
+    pub async fn get_kv(&self, key: &str, opts: ReadOpts) -> Result<Option<wire::KeyValue>> {
+        let path = format!("{}?meta=true&{}", self.key_path(key), opts.query());
+        match self.call(Method::GET, &path, None, &[]).await {
+            Ok(kv) => Ok(Some(kv)),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /key?prefix=...` (or `from`/`to`): one page of keys, read at one index.
+    pub async fn range(&self, range: &RangeQuery, opts: ReadOpts) -> Result<wire::RangeResponse> {
+        let path = format!("{}?{}&{}", self.keys_path(), range.query(), opts.query());
+        self.call(Method::GET, &path, None, &[]).await
+    }
+
+    /// Every key of `range`, page after page. Each page is consistent in itself; pages
+    /// are read at their own indexes (as etcd's paginated reads are).
+    pub async fn range_all(
+        &self,
+        range: &RangeQuery,
+        opts: ReadOpts,
+    ) -> Result<Vec<wire::KeyValue>> {
+        let mut q = range.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = self.range(&q, opts).await?;
+            out.extend(page.kvs);
+            match page.next {
+                Some(next) if page.more => q.after = Some(next),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// `PUT /key/<key>?cas=<expect>`: sets `key` only if its `mod_index` is `expect` (`0`:
+    /// only if it does not exist); a `412` otherwise ([`Error::cas_failed`]).
+    pub async fn put_cas(&self, key: &str, value: &str, expect: u64) -> Result<u64> {
+        let path = format!("{}?cas={expect}", self.key_path(key));
+        let r: wire::WriteResponse = self
+            .call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
+            .await?;
+        Ok(r.index)
+    }
+
+    /// `DELETE /key/<key>?cas=<expect>`: deletes `key` only if its `mod_index` is `expect`.
+    pub async fn delete_cas(&self, key: &str, expect: u64) -> Result<u64> {
+        let path = format!("{}?cas={expect}", self.key_path(key));
+        let r: wire::WriteResponse = self.call(Method::DELETE, &path, None, &[]).await?;
+        Ok(r.index)
+    }
+
+    /// `DELETE /key?prefix=`: every key under `prefix`, in one entry.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<wire::DeletedResponse> {
+        let path = format!("{}?prefix={}", self.keys_path(), query_value(prefix));
+        self.call(Method::DELETE, &path, None, &[]).await
+    }
+
+    /// `POST /txn`.
+    pub async fn txn(&self, txn: &wire::TxnRequest) -> Result<wire::TxnResponse> {
+        let body = serde_json::to_vec(txn).expect("a transaction encodes");
+        self.call(Method::POST, &self.group_path("/txn"), Some(body), &[])
+            .await
     }
 
     /// `POST /key {k: v, ...}`: all pairs in one log entry; returns its index.

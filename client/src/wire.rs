@@ -125,6 +125,126 @@ pub struct WriteResponse {
     pub index: u64,
 }
 
+/// One key with its metadata: `GET /key/<k>?meta=true`, range pages, `get` results of a
+/// transaction, and the `current` of a failed compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    /// Absent in a `keys_only` range page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The log index that created the key (since it last did not exist).
+    pub create_index: u64,
+    /// The log index of its last change: what `?cas=` and `If-Match` compare with.
+    pub mod_index: u64,
+    /// 1 at creation, +1 per change.
+    pub version: u64,
+}
+
+/// One page of `GET /key?prefix=` (or `?from=&to=`): keys in byte order, all read at
+/// applied index `index`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    /// More keys follow: ask again with `after=<next>`.
+    pub more: bool,
+    pub next: Option<String>,
+    pub index: u64,
+}
+
+/// `DELETE /key?prefix=` answer: the entry's log index and how many keys it deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    pub index: u64,
+    pub deleted: u64,
+}
+
+/// `POST /txn` body: if every compare holds, `success` runs, else `failure`; one entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    #[serde(default)]
+    pub compare: Vec<TxnCompare>,
+    #[serde(default)]
+    pub success: Vec<TxnOp>,
+    #[serde(default)]
+    pub failure: Vec<TxnOp>,
+}
+
+/// One compare of a transaction: `target` of `key` `op` `value`. `value` is a string for
+/// `value`, a number for the indexes and `version`, a boolean for `exists`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnCompare {
+    pub key: String,
+    pub target: CompareTarget,
+    pub op: CompareOp,
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareTarget {
+    Value,
+    Version,
+    ModIndex,
+    CreateIndex,
+    Exists,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = ">")]
+    Gt,
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TxnOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+    Get { key: String },
+}
+
+/// `POST /txn` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub index: u64,
+    /// One per operation of the branch that ran, in order.
+    pub results: Vec<TxnOpResult>,
+}
+
+/// What one transaction operation gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TxnOpResult {
+    Put {
+        key: String,
+    },
+    Delete {
+        key: String,
+        deleted: u64,
+    },
+    DeletePrefix {
+        prefix: String,
+        deleted: u64,
+    },
+    /// `kv` is `null` when the key does not exist.
+    Get {
+        key: String,
+        kv: Option<KeyValue>,
+    },
+}
+
 /// `POST /groups` body: a new group's id and its members (cluster node ids; 1, 3 or 5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +339,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: another change is in progress; retry.
     Conflict,
+    /// 412: a compare-and-set found the key elsewhere; `current` says where.
+    PreconditionFailed,
     /// 413: the body or the request's log entry is too large.
     TooLarge,
     /// 307: this node is not the leader; `leader` and `Location` say where it is.
@@ -248,6 +370,7 @@ impl ErrorCode {
             ErrorCode::GroupNotFound => "group_not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::NoLeader => "no_leader",
@@ -260,7 +383,7 @@ impl ErrorCode {
     }
 
     /// Every code a server sends, for documentation checks.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -268,6 +391,7 @@ impl ErrorCode {
         ErrorCode::GroupNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
+        ErrorCode::PreconditionFailed,
         ErrorCode::TooLarge,
         ErrorCode::NotLeader,
         ErrorCode::NoLeader,
@@ -288,6 +412,10 @@ pub struct ErrorBody {
     /// With `not_leader`: the leader's HTTP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// With `precondition_failed`: the key as it is ([`KeyValue`]), or `null` when it does
+    /// not exist (which reads back as `None`, as does its absence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
             Perm::Admin
         }),
         "/status" | "/groups/{group}/status" => Some(Perm::Read),
+        // A transaction may write, whatever its branches hold.
+        "/txn" | "/groups/{group}/txn" => Some(Perm::Write),
         // Unknown paths answer 404 whoever asks; they reveal nothing.
         _ => None,
     }
@@ -468,6 +470,11 @@ mod tests {
             Some(Perm::Read)
         );
         assert_eq!(required("/join", &Method::POST), Some(Perm::Admin));
+        assert_eq!(required("/txn", &Method::POST), Some(Perm::Write));
+        assert_eq!(
+            required("/groups/{group}/txn", &Method::POST),
+            Some(Perm::Write)
+        );
         assert_eq!(required("/metrics", &Method::GET), Some(Perm::Metrics));
         assert_eq!(required("/livez", &Method::GET), None);
         assert_eq!(required("/readyz", &Method::GET), None);

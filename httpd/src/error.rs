@@ -55,6 +55,13 @@ pub enum ApiError {
     OutcomeUnknown(String),
     #[error("{0}")]
     Conflict(String),
+    /// A compare-and-set or conditional request did not hold; `current` is the key as it
+    /// is (`None`: it does not exist). Nothing changed.
+    #[error("{message}")]
+    PreconditionFailed {
+        message: String,
+        current: Option<hraftd_client::wire::KeyValue>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -78,6 +85,7 @@ impl ApiError {
             ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -95,6 +103,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound | ErrorCode::GroupNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotLeader => StatusCode::TEMPORARY_REDIRECT,
         ErrorCode::NoLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -138,10 +147,20 @@ impl ResponseError for ApiError {
             }
             _ => None,
         };
+        let current = match self {
+            ApiError::PreconditionFailed { current, .. } => Some(
+                current
+                    .as_ref()
+                    .and_then(|kv| serde_json::to_value(kv).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            ),
+            _ => None,
+        };
         let mut resp = resp.json(ErrorBody {
             error: self.to_string(),
             code,
             leader: leader.clone(),
+            current,
         });
         if let Some(l) = leader {
             resp.extensions_mut().insert(RedirectTo(l));

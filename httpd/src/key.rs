@@ -11,17 +11,27 @@
 
 use std::collections::HashMap;
 
+use actix_web::http::header;
 use actix_web::web;
 use actix_web::HttpRequest;
 use actix_web::HttpResponse;
+use actix_web::ResponseError;
 use futures::StreamExt;
+use hraftd_client::wire;
 use hraftd_client::wire::WriteResponse;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::KeyRange;
 use crate::KvStore;
+use crate::RangeRequest;
 use crate::ReadLevel;
+use crate::ReadOptions;
 use crate::Settings;
+
+/// The response header with the node's applied index when it read (`X-Hraftd-Index`;
+/// lower case, as `HeaderName` holds it).
+pub const INDEX_HEADER: &str = "x-hraftd-index";
 
 type Reply = Result<HttpResponse, ApiError>;
 
@@ -158,35 +168,199 @@ pub(crate) fn query_level(req: &HttpRequest) -> Result<ReadLevel, ApiError> {
     level(&query(req)?)
 }
 
+/// A `true`/`false` query parameter (absent: false).
+fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// A non-negative integer query parameter.
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("{name} must be a non-negative integer, got {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// `?wait=`: seconds (`5`, `2.5`, `5s`) or milliseconds (`500ms`), at most [`crate::MAX_WAIT`].
+fn wait(q: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
+    let Some(v) = q.get("wait") else {
+        return Ok(crate::DEFAULT_WAIT);
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "wait must be a duration of at most {}s such as 5, 5s or 500ms, got {v:?}",
+            crate::MAX_WAIT.as_secs()
+        ))
+    };
+    let (num, scale) = match v.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (v.strip_suffix('s').unwrap_or(v), 1.0),
+    };
+    let secs = num
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0 && !num.starts_with('+'))
+        .map(|n| n * scale)
+        .ok_or_else(bad)?;
+    if secs > crate::MAX_WAIT.as_secs_f64() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn read_options(q: &HashMap<String, String>) -> Result<ReadOptions, ApiError> {
+    Ok(ReadOptions {
+        level: level(q)?,
+        min_index: number(q, "min_index")?,
+        wait: wait(q)?,
+    })
+}
+
+/// Adds `X-Hraftd-Index: <index>` to a read's answer.
+fn with_index(mut resp: HttpResponse, index: u64) -> HttpResponse {
+    if let Ok(v) = header::HeaderValue::from_str(&index.to_string()) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static(INDEX_HEADER), v);
+    }
+    resp
+}
+
 async fn read_key<S: KvStore>(
     store: &S,
     settings: &Settings,
     req: &HttpRequest,
     key: &str,
 ) -> Reply {
-    let level = query_level(req)?;
+    let q = query(req)?;
+    let opts = read_options(&q)?;
+    let meta = flag(&q, "meta")?;
     valid_key(key, settings.max_key_bytes)?;
     let group = group(req)?;
-    match store.get(&group, key, level).await? {
-        Some(v) => {
-            let mut body = serde_json::Map::new();
-            body.insert(key.to_string(), Value::String(v));
-            Ok(HttpResponse::Ok().json(body))
+    let read = store.get(&group, key, &opts).await?;
+    let resp = match read.value {
+        Some(kv) => {
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header((header::ETAG, format!("\"{}\"", kv.mod_index)));
+            if meta {
+                resp.json(kv)
+            } else {
+                let mut body = serde_json::Map::new();
+                body.insert(key.to_string(), Value::String(kv.value.unwrap_or_default()));
+                resp.json(body)
+            }
         }
-        None => Err(ApiError::NotFound(format!("key not found: {key}"))),
+        None => ApiError::NotFound(format!("key not found: {key}")).error_response(),
+    };
+    Ok(with_index(resp, read.index))
+}
+
+/// Which keys `?prefix=` or `?from=&to=` name, with `after`, `limit` and `keys_only`.
+fn range_request(
+    q: &HashMap<String, String>,
+    max_key_bytes: usize,
+) -> Result<RangeRequest, ApiError> {
+    let limit = match number(q, "limit")? {
+        None => crate::DEFAULT_LIMIT,
+        Some(n) if (1..=crate::MAX_LIMIT as u64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be 1 to {}, got {n}",
+                crate::MAX_LIMIT
+            )))
+        }
+    };
+    let bounded = |name: &str| -> Result<Option<String>, ApiError> {
+        match q.get(name) {
+            Some(v) if v.len() > max_key_bytes => Err(ApiError::BadRequest(format!(
+                "{name} of {} bytes exceeds the key limit of {max_key_bytes} bytes",
+                v.len()
+            ))),
+            other => Ok(other.cloned()),
+        }
+    };
+    let (prefix, from, to, after) = (
+        bounded("prefix")?,
+        bounded("from")?,
+        bounded("to")?,
+        bounded("after")?,
+    );
+    let keys = match (prefix, from, to) {
+        (Some(p), None, None) => KeyRange::Prefix(p),
+        (Some(_), _, _) => {
+            return Err(ApiError::BadRequest(
+                "give either prefix, or from (and to), not both".into(),
+            ))
+        }
+        (None, Some(from), to) => KeyRange::Between { from, to },
+        (None, None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "to needs from (from= starts at the first key)".into(),
+            ))
+        }
+        (None, None, None) => unreachable!("checked by the caller"),
+    };
+    Ok(RangeRequest {
+        keys,
+        after,
+        limit,
+        keys_only: flag(q, "keys_only")?,
+    })
+}
+
+async fn read_range<S: KvStore>(
+    store: &S,
+    settings: &Settings,
+    req: &HttpRequest,
+    q: &HashMap<String, String>,
+) -> Reply {
+    let range = range_request(q, settings.max_key_bytes)?;
+    let opts = read_options(q)?;
+    let group = group(req)?;
+    let read = store.range(&group, &range, &opts).await?;
+    let next = if read.value.more {
+        read.value.kvs.last().map(|kv| kv.key.clone())
+    } else {
+        None
+    };
+    let body = wire::RangeResponse {
+        kvs: read.value.kvs,
+        more: read.value.more,
+        next,
+        index: read.index,
+    };
+    Ok(with_index(HttpResponse::Ok().json(body), read.index))
+}
+
+/// Whether a `/key` query names a range (`prefix`, `from` or `to`) rather than one key.
+fn is_range(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    let range = ["prefix", "from", "to"].iter().any(|p| q.contains_key(*p));
+    if range && q.contains_key("key") {
+        return Err(ApiError::BadRequest(
+            "give either key, or a range (prefix, from, to), not both".into(),
+        ));
     }
+    Ok(range)
 }
 
 fn query_key(req: &HttpRequest, max_key_bytes: usize) -> Result<String, ApiError> {
     let q = query(req)?;
-    let key = q
-        .get("key")
-        .ok_or_else(|| ApiError::BadRequest("missing ?key= parameter".into()))?;
+    let key = q.get("key").ok_or_else(|| {
+        ApiError::BadRequest("missing ?key= (one key) or ?prefix= / ?from= (a range)".into())
+    })?;
     valid_key(key, max_key_bytes)?;
     Ok(key.clone())
 }
 
-/// `GET /key/<key>?level=L`
+/// `GET /key/<key>?level=L&meta=true&min_index=N&wait=D`
 pub(crate) async fn get_path<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<Settings>,
@@ -196,14 +370,55 @@ pub(crate) async fn get_path<S: KvStore>(
     read_key(store.get_ref(), &settings, &req, &key).await
 }
 
-/// `GET /key?key=<key>&level=L`
+/// `GET /key?key=<key>&...` (one key) or `GET /key?prefix=P&...` (a page of keys)
 pub(crate) async fn get_query<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
+    let q = query(&req)?;
+    if is_range(&q)? {
+        return read_range(store.get_ref(), &settings, &req, &q).await;
+    }
     let key = query_key(&req, settings.max_key_bytes)?;
     read_key(store.get_ref(), &settings, &req, &key).await
+}
+
+/// The `mod_index` a conditional write expects, from `?cas=N`, `If-Match: "N"` or
+/// `If-None-Match: *` (which is `0`: the key must not exist); `None` for a plain write.
+fn expected(req: &HttpRequest, q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    let mut found: Vec<u64> = Vec::new();
+    if q.contains_key("cas") {
+        found.extend(number(q, "cas")?);
+    }
+    if let Some(v) = req.headers().get(header::IF_MATCH) {
+        let v = v.to_str().unwrap_or("").trim();
+        let n = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "If-Match must be one quoted mod_index such as \"42\" (the ETag of a read), got {v:?}"
+                ))
+            })?;
+        found.push(n);
+    }
+    if let Some(v) = req.headers().get(header::IF_NONE_MATCH) {
+        if v.as_bytes().trim_ascii() != b"*" {
+            return Err(ApiError::BadRequest(
+                "If-None-Match takes only * (the key must not exist)".into(),
+            ));
+        }
+        found.push(0);
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [n, rest @ ..] if rest.iter().all(|m| m == n) => Ok(Some(*n)),
+        _ => Err(ApiError::BadRequest(
+            "cas, If-Match and If-None-Match disagree".into(),
+        )),
+    }
 }
 
 /// `POST /key` with `{"k1":"v1",...}`: all pairs in one log entry.
@@ -216,6 +431,11 @@ pub(crate) async fn post<S: KvStore>(
     let group = group(&req)?;
     let body = read_body(&req, payload, settings.body_limit).await?;
     let pairs = parse_pairs(&body, settings.max_key_bytes)?;
+    if expected(&req, &query(&req)?)?.is_some() {
+        return Err(ApiError::BadRequest(
+            "compare-and-set is per key: use PUT /key/<key>?cas=N, or POST /txn".into(),
+        ));
+    }
     let index = store.set(&group, pairs).await?;
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
@@ -233,7 +453,10 @@ pub(crate) async fn put<S: KvStore>(
     let body = read_body(&req, payload, settings.body_limit).await?;
     let value = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()))?;
-    let index = store.set(&group, vec![(key, value)]).await?;
+    let index = match expected(&req, &query(&req)?)? {
+        Some(expect) => store.cas(&group, key, Some(value), expect).await?,
+        None => store.set(&group, vec![(key, value)]).await?,
+    };
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
@@ -245,7 +468,10 @@ async fn delete_key<S: KvStore>(
 ) -> Reply {
     valid_key(&key, settings.max_key_bytes)?;
     let group = group(req)?;
-    let index = store.delete(&group, key).await?;
+    let index = match expected(req, &query(req)?)? {
+        Some(expect) => store.cas(&group, key, None, expect).await?,
+        None => store.delete(&group, key).await?,
+    };
     Ok(HttpResponse::Ok().json(WriteResponse { index }))
 }
 
@@ -259,12 +485,108 @@ pub(crate) async fn delete_path<S: KvStore>(
     delete_key(store.get_ref(), &settings, &req, key).await
 }
 
-/// `DELETE /key?key=<key>`
+/// `DELETE /key?key=<key>` (one key) or `DELETE /key?prefix=P` (every key under `P`)
 pub(crate) async fn delete_query<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<Settings>,
     req: HttpRequest,
 ) -> Reply {
+    let q = query(&req)?;
+    if is_range(&q)? {
+        let prefix = match (
+            q.get("prefix"),
+            q.contains_key("from") || q.contains_key("to"),
+        ) {
+            (Some(p), false) if !p.is_empty() => p.clone(),
+            (Some(_), false) => {
+                return Err(ApiError::BadRequest(
+                    "prefix must not be empty (it would delete every key)".into(),
+                ))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "DELETE takes ?key= or ?prefix= (not from/to)".into(),
+                ))
+            }
+        };
+        valid_key(&prefix, settings.max_key_bytes)?;
+        if expected(&req, &q)?.is_some() {
+            return Err(ApiError::BadRequest(
+                "a prefix delete takes no cas, If-Match or If-None-Match".into(),
+            ));
+        }
+        let group = group(&req)?;
+        let done = store.delete_prefix(&group, prefix).await?;
+        return Ok(HttpResponse::Ok().json(done));
+    }
     let key = query_key(&req, settings.max_key_bytes)?;
     delete_key(store.get_ref(), &settings, &req, key).await
+}
+
+/// Checks a transaction completely before it is proposed: at most
+/// [`crate::MAX_TXN_OPS`] compares and operations, valid keys and non-empty prefixes, and
+/// each compare's value of its target's type.
+fn check_txn(txn: &wire::TxnRequest, max_key_bytes: usize) -> Result<(), ApiError> {
+    let n = txn.compare.len() + txn.success.len() + txn.failure.len();
+    if n > crate::MAX_TXN_OPS {
+        return Err(ApiError::BadRequest(format!(
+            "a transaction holds at most {} compares and operations, got {n}",
+            crate::MAX_TXN_OPS
+        )));
+    }
+    for c in &txn.compare {
+        valid_key(&c.key, max_key_bytes)?;
+        use wire::CompareOp as O;
+        use wire::CompareTarget as T;
+        let ok = match c.target {
+            T::Value => c.value.is_string(),
+            T::Version | T::ModIndex | T::CreateIndex => c.value.is_u64(),
+            T::Exists => c.value.is_boolean() && matches!(c.op, O::Eq | O::Ne),
+        };
+        if !ok {
+            return Err(ApiError::BadRequest(format!(
+                "compare on {:?}: value must be a string for target value, a non-negative integer for version, mod_index and create_index, and true or false (with == or !=) for exists; got {} with {:?}",
+                c.key, c.value, c.op
+            )));
+        }
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            wire::TxnOp::Put { key, .. }
+            | wire::TxnOp::Delete { key }
+            | wire::TxnOp::Get { key } => valid_key(key, max_key_bytes)?,
+            wire::TxnOp::DeletePrefix { prefix } => {
+                if prefix.is_empty() {
+                    return Err(ApiError::BadRequest(
+                        "delete_prefix: prefix must not be empty".into(),
+                    ));
+                }
+                valid_key(prefix, max_key_bytes)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /txn` (and `/groups/<g>/txn`) with a [`wire::TxnRequest`].
+pub(crate) async fn txn<S: KvStore>(
+    store: web::Data<S>,
+    settings: web::Data<Settings>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let group = group(&req)?;
+    let body = read_body(&req, payload, settings.body_limit).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "a transaction is a JSON object of compare, success and failure".into(),
+        ));
+    }
+    let txn: wire::TxnRequest = serde_json::from_value(v)
+        .map_err(|e| ApiError::BadRequest(format!("malformed transaction: {e}")))?;
+    check_txn(&txn, settings.max_key_bytes)?;
+    let done = store.txn(&group, txn).await?;
+    Ok(HttpResponse::Ok().json(done))
 }

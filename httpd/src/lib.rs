@@ -9,6 +9,8 @@
 //! |---|---|
 //! | `/key` | `POST` (set pairs), `GET ?key=` (read), `DELETE ?key=` |
 //! | `/key/<key>` | `GET` (read), `PUT` (set raw value), `DELETE` |
+//! | `/key?prefix=`, `/key?from=&to=` | `GET` (a page of keys), `DELETE ?prefix=` |
+//! | `/txn` | `POST` (compares, then one branch of operations, in one entry) |
 //! | `/join` | `POST` |
 //! | `/remove` | `POST` |
 //! | `/status` | `GET` |
@@ -20,7 +22,7 @@
 //! | `/groups/<g>/members`, `/groups/<g>/members/<id>` | `POST`, `DELETE` |
 //! | `/groups/<g>/leader` | `POST` (leadership transfer) |
 //! | `/groups/<g>/status`, `/groups/<g>/backup` | `GET`, as `/status` and `/backup` |
-//! | `/groups/<g>/key`, `/groups/<g>/key/<key>` | as `/key`, in group `<g>` |
+//! | `/groups/<g>/key`, `/groups/<g>/key/<key>`, `/groups/<g>/txn` | as `/key` and `/txn`, in group `<g>` |
 //! | `/openapi.json` | `GET` (this API, as OpenAPI 3; the file `httpd/openapi.json`) |
 
 use std::future::Future;
@@ -112,16 +114,107 @@ pub struct Backup {
     pub permit: Option<Box<dyn std::any::Any + Send>>,
 }
 
+/// How a read is to be served: `?level=`, `?min_index=` and `?wait=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub level: ReadLevel,
+    /// Serve only once the node has applied this index (read-your-writes).
+    pub min_index: Option<u64>,
+    /// The longest to wait for `min_index` (at most [`MAX_WAIT`]).
+    pub wait: std::time::Duration,
+}
+
+/// `?wait=` when the client gives none.
+pub const DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest `?wait=` accepted.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most keys one range page may ask for (`?limit=`).
+pub const MAX_LIMIT: usize = 10_000;
+/// Keys per range page when `?limit=` is not given.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Most compares and operations one transaction may hold, all together.
+pub const MAX_TXN_OPS: usize = 128;
+
+impl From<ReadLevel> for ReadOptions {
+    fn from(level: ReadLevel) -> Self {
+        ReadOptions {
+            level,
+            min_index: None,
+            wait: DEFAULT_WAIT,
+        }
+    }
+}
+
+/// A read's answer and the node's applied index when it read (`X-Hraftd-Index`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+/// Which keys a range read covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRange {
+    /// Every key that starts with this.
+    Prefix(String),
+    /// `[from, to)` in byte order (`to: None`: to the last key).
+    Between { from: String, to: Option<String> },
+}
+
+/// A range read: its keys, starting after `after`, at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub keys: KeyRange,
+    pub after: Option<String>,
+    pub limit: usize,
+    pub keys_only: bool,
+}
+
+/// One page of a range read; `more`: keys follow the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<wire::KeyValue>,
+    pub more: bool,
+}
+
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
 /// implementation decides what each failure means to a client (e.g. `NotLeader`).
 pub trait KvStore: Send + Sync + 'static {
-    /// Reads `key` in `group` ([`DEFAULT_GROUP`] for `/key`).
+    /// Reads `key` with its metadata in `group` ([`DEFAULT_GROUP`] for `/key`).
     fn get(
         &self,
         group: &str,
         key: &str,
-        level: ReadLevel,
-    ) -> impl Future<Output = Result<Option<String>, ApiError>>;
+        opts: &ReadOptions,
+    ) -> impl Future<Output = Result<Read<Option<wire::KeyValue>>, ApiError>>;
+    /// Reads one page of keys in `group`, all at one applied index.
+    fn range(
+        &self,
+        group: &str,
+        range: &RangeRequest,
+        opts: &ReadOptions,
+    ) -> impl Future<Output = Result<Read<Page>, ApiError>>;
+    /// Sets `key` to `value` (deletes it, for `None`) only if its `mod_index` is `expect`
+    /// when applied (`0`: only if it does not exist); else `PreconditionFailed`.
+    fn cas(
+        &self,
+        group: &str,
+        key: String,
+        value: Option<String>,
+        expect: u64,
+    ) -> impl Future<Output = Result<u64, ApiError>>;
+    /// Deletes every key under `prefix` in one entry: its index and how many went.
+    fn delete_prefix(
+        &self,
+        group: &str,
+        prefix: String,
+    ) -> impl Future<Output = Result<wire::DeletedResponse, ApiError>>;
+    /// Runs a (validated) transaction in one entry.
+    fn txn(
+        &self,
+        group: &str,
+        txn: wire::TxnRequest,
+    ) -> impl Future<Output = Result<wire::TxnResponse, ApiError>>;
     fn set(
         &self,
         group: &str,
@@ -247,6 +340,11 @@ fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/txn")
+            .route(web::post().to(key::txn::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/join")
             .route(web::post().to(cluster::join::<S>))
             .default_service(not_allowed()),
@@ -330,6 +428,11 @@ fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(key::get_path::<S>))
             .route(web::put().to(key::put::<S>))
             .route(web::delete().to(key::delete_path::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/txn")
+            .route(web::post().to(key::txn::<S>))
             .default_service(not_allowed()),
     )
     .service(

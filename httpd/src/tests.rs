@@ -27,6 +27,8 @@ enum Mode {
 struct Fake {
     mode: Mutex<Mode>,
     data: Mutex<BTreeMap<String, String>>,
+    /// The `mod_index` of keys written by `cas`.
+    mods: Mutex<BTreeMap<String, u64>>,
     /// Incremented by every accepted write: proof that a request reached the store.
     index: Mutex<u64>,
     members: Mutex<Vec<String>>,
@@ -43,6 +45,7 @@ impl Fake {
         Arc::new(Fake {
             mode: Mutex::new(mode),
             data: Mutex::new(BTreeMap::new()),
+            mods: Mutex::new(BTreeMap::new()),
             index: Mutex::new(0),
             members: Mutex::new(vec!["node0".into()]),
             not_ready: Mutex::new(None),
@@ -94,6 +97,50 @@ impl Fake {
         }
     }
 
+    fn read_check(&self, opts: &ReadOptions) -> Result<(), ApiError> {
+        if opts.level != ReadLevel::Stale {
+            self.leader_check()?;
+        }
+        if opts.level == ReadLevel::Consistent && self.stuck() {
+            return Err(ApiError::Unavailable("no quorum".into()));
+        }
+        if let Some(min) = opts.min_index {
+            if min > self.index() {
+                return Err(ApiError::Timeout(format!(
+                    "applying index {min} (min_index; applied {}) did not complete within {:?}",
+                    self.index(),
+                    opts.wait
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The key stored at `slot` if it belongs to `group`.
+    fn key_of(&self, group: &str, slot: &str) -> Option<String> {
+        if group == DEFAULT_GROUP {
+            return (!slot.contains('\0')).then(|| slot.to_string());
+        }
+        slot.strip_prefix(&format!("{group}\0")).map(str::to_string)
+    }
+
+    /// The fake's `mod_index` of a key: the index of its last write through `cas` (1 for
+    /// keys written otherwise).
+    fn mod_of(&self, slot: &str) -> u64 {
+        self.mods.lock().unwrap().get(slot).copied().unwrap_or(1)
+    }
+
+    fn kv(&self, key: &str, slot: &str, value: Option<String>) -> wire::KeyValue {
+        let m = self.mod_of(slot);
+        wire::KeyValue {
+            key: key.to_string(),
+            value,
+            create_index: m,
+            mod_index: m,
+            version: 1,
+        }
+    }
+
     fn stuck(&self) -> bool {
         *self.mode.lock().unwrap() == Mode::Stuck
     }
@@ -110,16 +157,119 @@ impl KvStore for Fake {
         &self,
         group: &str,
         key: &str,
-        level: ReadLevel,
-    ) -> Result<Option<String>, ApiError> {
+        opts: &ReadOptions,
+    ) -> Result<Read<Option<wire::KeyValue>>, ApiError> {
         let slot = self.slot(group, key)?;
-        if level != ReadLevel::Stale {
-            self.leader_check()?;
+        self.read_check(opts)?;
+        let value = self.data.lock().unwrap().get(&slot).cloned();
+        Ok(Read {
+            index: self.index(),
+            value: value.map(|v| self.kv(key, &slot, Some(v))),
+        })
+    }
+
+    async fn range(
+        &self,
+        group: &str,
+        range: &RangeRequest,
+        opts: &ReadOptions,
+    ) -> Result<Read<Page>, ApiError> {
+        self.slot(group, "")?;
+        self.read_check(opts)?;
+        let data = self.data.lock().unwrap().clone();
+        let mut kvs = Vec::new();
+        let mut more = false;
+        for (slot, v) in data {
+            let Some(key) = self.key_of(group, &slot) else {
+                continue;
+            };
+            let inside = match &range.keys {
+                KeyRange::Prefix(p) => key.starts_with(p.as_str()),
+                KeyRange::Between { from, to } => {
+                    key.as_str() >= from.as_str() && to.as_ref().is_none_or(|t| key < *t)
+                }
+            };
+            if !inside || range.after.as_ref().is_some_and(|a| key <= *a) {
+                continue;
+            }
+            if kvs.len() == range.limit {
+                more = true;
+                break;
+            }
+            let value = (!range.keys_only).then_some(v);
+            kvs.push(self.kv(&key, &slot, value));
         }
-        if level == ReadLevel::Consistent && self.stuck() {
-            return Err(ApiError::Unavailable("no quorum".into()));
+        Ok(Read {
+            index: self.index(),
+            value: Page { kvs, more },
+        })
+    }
+
+    async fn cas(
+        &self,
+        group: &str,
+        key: String,
+        value: Option<String>,
+        expect: u64,
+    ) -> Result<u64, ApiError> {
+        let slot = self.slot(group, &key)?;
+        self.leader_check()?;
+        let cur = self.data.lock().unwrap().get(&slot).cloned();
+        let at = cur.as_ref().map(|_| self.mod_of(&slot)).unwrap_or(0);
+        if at != expect {
+            return Err(ApiError::PreconditionFailed {
+                message: format!("{key:?} is at {at}"),
+                current: cur.map(|v| self.kv(&key, &slot, Some(v))),
+            });
         }
-        Ok(self.data.lock().unwrap().get(&slot).cloned())
+        let index = self.bump();
+        match value {
+            Some(v) => {
+                self.data.lock().unwrap().insert(slot.clone(), v);
+                self.mods.lock().unwrap().insert(slot, index);
+            }
+            None => {
+                self.data.lock().unwrap().remove(&slot);
+            }
+        }
+        Ok(index)
+    }
+
+    async fn delete_prefix(
+        &self,
+        group: &str,
+        prefix: String,
+    ) -> Result<wire::DeletedResponse, ApiError> {
+        self.slot(group, "")?;
+        self.leader_check()?;
+        let mut data = self.data.lock().unwrap();
+        let before = data.len();
+        data.retain(|slot, _| {
+            self.key_of(group, slot)
+                .is_none_or(|k| !k.starts_with(prefix.as_str()))
+        });
+        let deleted = (before - data.len()) as u64;
+        drop(data);
+        Ok(wire::DeletedResponse {
+            index: self.bump(),
+            deleted,
+        })
+    }
+
+    async fn txn(
+        &self,
+        group: &str,
+        _txn: wire::TxnRequest,
+    ) -> Result<wire::TxnResponse, ApiError> {
+        // Transactions are the state machine's (tested against real clusters); the fake
+        // only proves that a valid one reaches the store.
+        self.slot(group, "")?;
+        self.leader_check()?;
+        Ok(wire::TxnResponse {
+            succeeded: true,
+            index: self.bump(),
+            results: vec![],
+        })
     }
 
     async fn set(&self, group: &str, pairs: Vec<(String, String)>) -> Result<u64, ApiError> {

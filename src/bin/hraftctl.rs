@@ -6,13 +6,14 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | done |
-//! | 1 | not found: the key (or the group named) does not exist |
+//! | 1 | not found: the key (or the group named) does not exist; or a compare failed (`412` of `--cas`, a transaction whose compares did not hold) |
 //! | 2 | usage: bad arguments, or the server refused the request as malformed or not allowed (4xx) |
 //! | 3 | unavailable: no endpoint answered, no leader, a timeout, a server error (5xx) |
 //!
 //! Secrets never come from the command line: the password is read from `HRAFTD_PASSWORD`
 //! or `--password-file`, the cluster key (for `join`) from a file.
 
+use std::io::Read as _;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,9 @@ use clap::Parser;
 use clap::Subcommand;
 use hraftd_client::Client;
 use hraftd_client::JoinRequest;
+use hraftd_client::RangeQuery;
 use hraftd_client::ReadLevel;
+use hraftd_client::ReadOpts;
 use serde_json::json;
 
 /// Command-line client of hraftd.
@@ -45,6 +48,10 @@ struct Args {
     json: bool,
     #[command(flatten)]
     client: hraftd::client_opts::ClientOpts,
+    /// Reads wait until the answering node has applied this index (read-your-writes:
+    /// give the index a write printed); at most `--wait` seconds.
+    #[arg(long, global = true)]
+    min_index: Option<u64>,
     /// How long one request may take, in seconds.
     #[arg(long, global = true, default_value_t = 30)]
     timeout: u64,
@@ -54,12 +61,37 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print a key's value.
+    /// Print a key's value (with `--json`: and its metadata).
     Get { key: String },
     /// Set a key.
-    Put { key: String, value: String },
-    /// Delete a key.
-    Del { key: String },
+    Put {
+        key: String,
+        value: String,
+        /// Only if the key's mod_index is this (0: only if it does not exist).
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// Delete a key, or every key under a prefix.
+    Del {
+        key: String,
+        /// Only if the key's mod_index is this.
+        #[arg(long, conflicts_with = "prefix")]
+        cas: Option<u64>,
+        /// Delete every key that starts with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// List the keys under PREFIX (all pages), with values and metadata.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Keys and metadata only.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Run a transaction read as JSON from stdin (the body of POST /txn); exit code 1
+    /// when its compares did not hold.
+    Txn,
     /// The answering node's status: role, term, leader, indexes.
     Status,
     /// The cluster's members (as the answering node sees them).
@@ -89,6 +121,7 @@ fn parse_level(s: &str) -> Result<ReadLevel, String> {
 
 /// What ended a command other than success, and the exit code it maps to.
 enum Failure {
+    /// Not found, or a compare that did not hold.
     NotFound(String),
     Usage(String),
     Unavailable(String),
@@ -97,7 +130,7 @@ enum Failure {
 impl From<hraftd_client::Error> for Failure {
     fn from(e: hraftd_client::Error) -> Failure {
         match e.status() {
-            Some(404) => Failure::NotFound(e.to_string()),
+            Some(404) | Some(412) => Failure::NotFound(e.to_string()),
             Some(s) if (400..500).contains(&s) => Failure::Usage(e.to_string()),
             _ => Failure::Unavailable(e.to_string()),
         }
@@ -154,22 +187,99 @@ fn print(json: bool, value: serde_json::Value, table: impl FnOnce() -> String) {
 
 async fn run(a: Args) -> Result<(), Failure> {
     let c = client(&a)?;
+    let read = ReadOpts {
+        level: a.level,
+        min_index: a.min_index,
+        wait: None,
+    };
     match &a.command {
-        Command::Get { key } => match c.get(key, a.level).await? {
-            Some(v) => print(a.json, json!({ key: v }), || format!("{v}\n")),
+        Command::Get { key } => match c.get_kv(key, read).await? {
+            Some(kv) => {
+                let v = serde_json::to_value(&kv).expect("a key encodes");
+                print(a.json, v, || format!("{}\n", kv.value.unwrap_or_default()))
+            }
             None => return Err(Failure::NotFound(format!("key not found: {key}"))),
         },
-        Command::Put { key, value } => {
-            let index = c.put(key, value).await?;
+        Command::Put { key, value, cas } => {
+            let index = match cas {
+                Some(n) => c.put_cas(key, value, *n).await?,
+                None => c.put(key, value).await?,
+            };
             print(a.json, json!({ "index": index }), || {
                 format!("OK index {index}\n")
             });
         }
-        Command::Del { key } => {
-            let index = c.delete(key).await?;
+        Command::Del {
+            key,
+            cas,
+            prefix: true,
+        } => {
+            debug_assert!(cas.is_none());
+            let r = c.delete_prefix(key).await?;
+            let v = serde_json::to_value(r).expect("an answer encodes");
+            print(a.json, v, || {
+                format!("OK deleted {} index {}\n", r.deleted, r.index)
+            });
+        }
+        Command::Del { key, cas, .. } => {
+            let index = match cas {
+                Some(n) => c.delete_cas(key, *n).await?,
+                None => c.delete(key).await?,
+            };
             print(a.json, json!({ "index": index }), || {
                 format!("OK index {index}\n")
             });
+        }
+        Command::Ls { prefix, keys_only } => {
+            let mut q = RangeQuery::prefix(prefix);
+            q.keys_only = *keys_only;
+            let kvs = c.range_all(&q, read).await?;
+            let v = serde_json::to_value(&kvs).expect("keys encode");
+            print(a.json, v, || {
+                let mut t = String::from("KEY\tVERSION\tMOD_INDEX\tCREATE_INDEX");
+                t += if *keys_only { "\n" } else { "\tVALUE\n" };
+                for kv in &kvs {
+                    t += &format!(
+                        "{}\t{}\t{}\t{}",
+                        kv.key, kv.version, kv.mod_index, kv.create_index
+                    );
+                    match &kv.value {
+                        Some(v) => t += &format!("\t{v}\n"),
+                        None => t += "\n",
+                    }
+                }
+                t
+            });
+        }
+        Command::Txn => {
+            let mut body = String::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut body)
+                .context("reading the transaction from stdin")?;
+            let txn: hraftd_client::wire::TxnRequest = serde_json::from_str(&body)
+                .context("the transaction on stdin is not valid JSON for POST /txn")?;
+            let r = c.txn(&txn).await?;
+            let v = serde_json::to_value(&r).expect("an answer encodes");
+            print(a.json, v.clone(), || {
+                let mut t = format!(
+                    "{} index {}\n",
+                    if r.succeeded { "SUCCEEDED" } else { "FAILED" },
+                    r.index
+                );
+                for res in &r.results {
+                    t += &format!(
+                        "{}\n",
+                        serde_json::to_string(res).expect("a result encodes")
+                    );
+                }
+                t
+            });
+            if !r.succeeded {
+                return Err(Failure::NotFound(
+                    "the transaction's compares did not hold (its failure branch ran)".into(),
+                ));
+            }
         }
         Command::Status => {
             let s = c.status().await?;

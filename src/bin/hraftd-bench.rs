@@ -82,6 +82,11 @@ enum Workload {
     Put,
     Get,
     Mixed,
+    /// hraftd: compare-and-set writes (`PUT ?cas=`), each at the index its connection last
+    /// wrote the key at, so every one applies: the cost of the compare against `put`.
+    Cas,
+    /// hraftd: range pages (`GET /key?prefix=bench-&after=<random key>&limit=--page`).
+    Range,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,6 +132,12 @@ struct RunArgs {
     /// Write every key once before measuring (so reads find values).
     #[arg(long)]
     preload: bool,
+    /// Pairs per preload request (`POST /key` with this many keys; hraftd only).
+    #[arg(long, default_value_t = 1)]
+    preload_batch: u64,
+    /// Keys per page of the `range` workload.
+    #[arg(long, default_value_t = 1000)]
+    page: usize,
     /// Append the result as one JSON line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -178,6 +189,112 @@ async fn leader(args: &RunArgs, http: &reqwest::Client) -> anyhow::Result<String
 
 /// One request of the workload; `Ok` when the server answered as expected, else the kind
 /// of error (counted by kind in the report).
+/// One `cas` operation: `PUT ?cas=` of key `k` of this connection at the index it last
+/// wrote it at (`0` before its first write), remembered in `last`.
+async fn cas_op(
+    args: &RunArgs,
+    http: &reqwest::Client,
+    ep: &str,
+    run: u64,
+    k: u64,
+    last: &mut std::collections::HashMap<u64, u64>,
+    value: &str,
+) -> Result<(), String> {
+    let (ep, prefix) = route(args, ep, k);
+    let key = format!("bench-cas-{run:x}-{k:08}");
+    let expect = last.get(&k).copied().unwrap_or(0);
+    let url = format!(
+        "http://{ep}{prefix}{}?cas={expect}",
+        hraftd_client::key_path(&key)
+    );
+    let resp = http
+        .put(url)
+        .body(value.to_string())
+        .send()
+        .await
+        .map_err(|e| transport(&e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|_| "body".to_string())?;
+    if !status.is_success() {
+        // Whatever happened, start this key over from its current state.
+        last.remove(&k);
+        return Err(format!("http {}", status.as_u16()));
+    }
+    let w: hraftd_client::wire::WriteResponse =
+        serde_json::from_slice(&body).map_err(|_| "decode".to_string())?;
+    last.insert(k, w.index);
+    Ok(())
+}
+
+/// One `range` operation: a page of `--page` keys after a random one.
+async fn range_op(
+    args: &RunArgs,
+    http: &reqwest::Client,
+    ep: &str,
+    after: u64,
+) -> Result<(), String> {
+    let level = match args.level {
+        Level::Stale => "stale",
+        Level::Default => "default",
+        Level::Consistent => "consistent",
+    };
+    let url = format!(
+        "http://{ep}/key?prefix=bench-&after=bench-{after:08}&limit={}&level={level}",
+        args.page
+    );
+    let resp = http.get(url).send().await.map_err(|e| transport(&e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|_| "body".to_string())?;
+    if !status.is_success() {
+        return Err(format!("http {}", status.as_u16()));
+    }
+    // Count what came back, so that a short page (too few keys loaded) is seen.
+    let page: hraftd_client::wire::RangeResponse =
+        serde_json::from_slice(&body).map_err(|_| "decode".to_string())?;
+    if page.kvs.len() < args.page && page.more {
+        return Err("short page".into());
+    }
+    Ok(())
+}
+
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".to_string()
+    } else if e.is_connect() {
+        "connect".to_string()
+    } else {
+        "transport".to_string()
+    }
+}
+
+/// Preloads keys `from..to` in one `POST /key`.
+async fn preload_batch(
+    args: &RunArgs,
+    http: &reqwest::Client,
+    ep: &str,
+    from: u64,
+    to: u64,
+    value: &str,
+) -> Result<(), String> {
+    let (ep, prefix) = route(args, ep, from);
+    let body: serde_json::Map<String, serde_json::Value> = (from..to)
+        .map(|k| (format!("bench-{k:08}"), value.into()))
+        .collect();
+    let resp = http
+        .post(format!("http://{ep}{prefix}/key"))
+        .body(serde_json::Value::Object(body).to_string())
+        .send()
+        .await
+        .map_err(|e| transport(&e))?;
+    let status = resp.status();
+    let _ = resp.bytes().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("http {}", status.as_u16()))
+    }
+}
+
 async fn op(
     args: &RunArgs,
     http: &reqwest::Client,
@@ -216,15 +333,7 @@ async fn op(
         ),
         (Target::Noop, _) => http.get(format!("http://{ep}/key/{key}")),
     };
-    let resp = req.send().await.map_err(|e| {
-        if e.is_timeout() {
-            "timeout".to_string()
-        } else if e.is_connect() {
-            "connect".to_string()
-        } else {
-            "transport".to_string()
-        }
-    })?;
+    let resp = req.send().await.map_err(|e| transport(&e))?;
     let status = resp.status();
     // Read the whole body, as a real client would.
     let _ = resp.bytes().await.map_err(|_| "body".to_string())?;
@@ -428,6 +537,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         set_up_groups(&args).await?;
     }
     let value: String = "v".repeat(args.value_size);
+    if matches!(args.workload, Workload::Cas | Workload::Range) {
+        anyhow::ensure!(
+            args.target == Target::Hraftd,
+            "cas and range are hraftd workloads"
+        );
+    }
+    anyhow::ensure!(
+        args.preload_batch == 1 || (args.target == Target::Hraftd && args.groups == 1),
+        "--preload-batch is for hraftd's default group"
+    );
+    // Names this run's cas keys, so that keys of an earlier run never fail their compare.
+    let run_id: u64 = rand::random();
     if args.preload {
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
@@ -435,14 +556,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let (args, ep, value, next) = (args.clone(), ep.clone(), value.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 let http = connection();
+                let batch = args.preload_batch.max(1);
                 loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let k = next.fetch_add(batch, Ordering::Relaxed);
                     if k >= args.keys {
                         return Ok::<_, anyhow::Error>(());
                     }
-                    op(&args, &http, &ep, k, true, &value)
-                        .await
-                        .map_err(|kind| anyhow::anyhow!("preloading key {k}: {kind}"))?;
+                    let r = if batch == 1 {
+                        op(&args, &http, &ep, k, true, &value).await
+                    } else {
+                        let to = (k + batch).min(args.keys);
+                        preload_batch(&args, &http, &ep, k, to, &value).await
+                    };
+                    r.map_err(|kind| anyhow::anyhow!("preloading key {k}: {kind}"))?;
                 }
             }));
         }
@@ -463,19 +589,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+            let mut last_cas = std::collections::HashMap::new();
+            let connections = args.connections as u64;
             loop {
                 let now = Instant::now();
                 if now >= end || args.ops.is_some_and(|n| done.load(Ordering::Relaxed) >= n) {
                     break;
                 }
                 let write = match args.workload {
-                    Workload::Put => true,
-                    Workload::Get => false,
+                    Workload::Put | Workload::Cas => true,
+                    Workload::Get | Workload::Range => false,
                     Workload::Mixed => rng.random_bool(args.write_ratio),
                 };
                 let key = rng.random_range(0..args.keys);
                 let t = Instant::now();
-                let r = op(&args, &http, &ep, key, write, &value).await;
+                let r = match args.workload {
+                    // Each connection its own keys (c, c + connections, ...): no contention.
+                    Workload::Cas => {
+                        let k = (key / connections) * connections + c as u64;
+                        cas_op(&args, &http, &ep, run_id, k, &mut last_cas, &value).await
+                    }
+                    Workload::Range => {
+                        let after = key.min(args.keys.saturating_sub(args.page as u64 + 1));
+                        range_op(&args, &http, &ep, after).await
+                    }
+                    _ => op(&args, &http, &ep, key, write, &value).await,
+                };
                 if t >= measure_from {
                     match r {
                         Ok(()) => {
@@ -516,7 +655,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "{:<7} {:<6} {:<11} conns={:<3} {:>9.0} ops/s  p50 {:>7.2}ms  p90 {:>7.2}ms  p99 {:>7.2}ms  p99.9 {:>7.2}ms  max {:>8.2}ms  errors {:?}  load1 {load1}",
         target,
         workload,
-        if args.workload == Workload::Put { "-".to_string() } else { level.clone() },
+        if matches!(args.workload, Workload::Put | Workload::Cas) { "-".to_string() } else { level.clone() },
         args.connections,
         throughput,
         ms(0.5),

@@ -94,12 +94,15 @@ impl BackupReader {
                 continue;
             }
             size += k.len() + v.len();
-            let text = |b: Vec<u8>| {
-                String::from_utf8(b).map_err(|_| {
+            // Restored values start again at version 1, created at the restore's index:
+            // a restored cluster has a log of its own.
+            let (_, v) = crate::kv::decode(&v).map_err(|e| Error::io("reading the backup", e))?;
+            let text = |b: &[u8]| {
+                String::from_utf8(b.to_vec()).map_err(|_| {
                     Error::Invalid("backup holds a key or value that is not UTF-8".into())
                 })
             };
-            out.push((text(k)?, text(v)?));
+            out.push((text(&k)?, text(v)?));
         }
         Ok(out)
     }

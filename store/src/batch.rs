@@ -36,6 +36,7 @@ use crate::types::Command;
 use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::Op;
+use crate::types::Outcome;
 use crate::types::Raft;
 use crate::types::MAX_ENTRY_BYTES;
 
@@ -54,7 +55,9 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest one read round may take; its readers are told it stalled.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) type WriteResult = Result<u64, RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
+/// A write's log index and what applying it did, or why Raft refused it.
+pub(crate) type WriteResult =
+    Result<(u64, Outcome), RaftError<NodeId, ClientWriteError<NodeId, Node>>>;
 pub(crate) type ReadResult = Result<(), RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>>;
 
 struct Proposal {
@@ -273,9 +276,21 @@ async fn propose(raft: Raft, batch: Vec<Proposal>, permit: tokio::sync::OwnedSem
     // On timeout the waiters are dropped: they have already answered "outcome
     // unknown" to their clients.
     if let Ok(res) = tokio::time::timeout(BATCH_TIMEOUT, raft.client_write(cmd)).await {
-        let res = res.map(|r| r.log_id.index);
-        for w in waiters {
-            let _ = w.send(res.clone());
+        match res {
+            Ok(r) => {
+                // One outcome per operation, in order (the state machine's promise).
+                let index = r.log_id.index;
+                let mut outcomes = r.data.0.into_iter();
+                for w in waiters {
+                    let outcome = outcomes.next().unwrap_or(Outcome::Done);
+                    let _ = w.send(Ok((index, outcome)));
+                }
+            }
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
         }
     }
     drop(permit);

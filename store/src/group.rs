@@ -35,17 +35,23 @@ use crate::network::Network;
 use crate::node::Member;
 use crate::node::Options;
 use crate::node::ReadLevel;
+use crate::node::ReadOpts;
 use crate::node::Role;
 use crate::node::Status;
 use crate::state_machine::AppliedIndex;
+use crate::state_machine::Page;
+use crate::state_machine::Range;
+use crate::state_machine::Read;
 use crate::state_machine::StateMachine;
 use crate::state_machine::StateReader;
 use crate::tasks::Tasks;
 use crate::types::raft_id_for;
 use crate::types::Command;
+use crate::types::KeyValue;
 use crate::types::Node;
 use crate::types::NodeId;
 use crate::types::Op;
+use crate::types::Outcome;
 use crate::types::Raft;
 use crate::types::MAX_ENTRY_BYTES;
 
@@ -213,10 +219,38 @@ impl Group {
         }
     }
 
-    /// Reads `key` at `level`.
-    pub(crate) async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
-        self.ensure_level(level).await?;
+    /// Reads `key` with its metadata, as `opts` asks.
+    pub(crate) async fn get(&self, key: &str, opts: &ReadOpts) -> Result<Read<Option<KeyValue>>> {
+        self.ensure_read(opts).await?;
         self.reader.get(key).await
+    }
+
+    /// Reads one page of `range`, as `opts` asks.
+    pub(crate) async fn range(&self, range: &Range, opts: &ReadOpts) -> Result<Read<Page>> {
+        self.ensure_read(opts).await?;
+        self.reader.range(range).await
+    }
+
+    /// Fails unless this node may serve a read as `opts` asks; waits (bounded) for its
+    /// level and for `min_index` to be applied.
+    async fn ensure_read(&self, opts: &ReadOpts) -> Result<()> {
+        self.ensure_level(opts.level).await?;
+        if let Some(min) = opts.min_index {
+            let wait = opts.wait;
+            if tokio::time::timeout(wait, self.reader.applied.reached(min))
+                .await
+                .is_err()
+            {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "applying index {min} (min_index; this node has applied {})",
+                        self.reader.applied_index()
+                    ),
+                    after: wait,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Fails unless this node may serve a read at `level` now; for `Consistent`, also waits
@@ -258,8 +292,8 @@ impl Group {
     }
 
     /// Proposes `op` through group commit and waits (bounded) for it to apply; returns
-    /// its log index.
-    pub(crate) async fn write(&self, op: Op) -> Result<u64> {
+    /// its log index and what applying it did.
+    pub(crate) async fn write(&self, op: Op) -> Result<(u64, Outcome)> {
         self.check_leader()?;
         self.check_not_transferring()?;
         let t = self.write_timeout;
@@ -285,7 +319,7 @@ impl Group {
             Ok(None) => Err(Error::OutcomeUnknown {
                 what: "the node stopped while the write was queued or in flight".into(),
             }),
-            Ok(Some(Ok(index))) => Ok(index),
+            Ok(Some(Ok(done))) => Ok(done),
             Ok(Some(Err(e))) => Err(self.write_error(e)),
         }
     }

@@ -30,11 +30,17 @@ use crate::network::MemberChange;
 use crate::network::PeerRequest;
 use crate::network::PeerResponse;
 use crate::node::ReadLevel;
+use crate::node::ReadOpts;
 use crate::node::Store;
+use crate::state_machine::Page;
+use crate::state_machine::Range;
+use crate::state_machine::Read;
 use crate::types::raft_id_for;
 use crate::types::GroupEntry;
+use crate::types::KeyValue;
 use crate::types::Node;
 use crate::types::Op;
+use crate::types::Outcome;
 
 /// How long a node is given to answer "which groups do you run" before it counts as
 /// unreachable.
@@ -722,25 +728,45 @@ impl Store {
         }
     }
 
-    /// Reads `key` in group `id` at `level`.
-    pub async fn group_get(&self, id: &str, key: &str, level: ReadLevel) -> Result<Option<String>> {
+    /// Reads `key` with its metadata in group `id`, as `opts` asks.
+    pub async fn group_get(
+        &self,
+        id: &str,
+        key: &str,
+        opts: &ReadOpts,
+    ) -> Result<Read<Option<KeyValue>>> {
         match self.local_group(id) {
-            Some(g) => g.get(key, level).await,
-            None => Err(self.elsewhere(id, level).await),
+            Some(g) => g.get(key, opts).await,
+            None => Err(self.elsewhere(id, opts.level).await),
+        }
+    }
+
+    /// Reads one page of `range` in group `id`, as `opts` asks.
+    pub async fn group_range(
+        &self,
+        id: &str,
+        range: &Range,
+        opts: &ReadOpts,
+    ) -> Result<Read<Page>> {
+        match self.local_group(id) {
+            Some(g) => g.range(range, opts).await,
+            None => Err(self.elsewhere(id, opts.level).await),
         }
     }
 
     /// Sets every pair in group `id` in one log entry; returns its log index once applied.
     pub async fn group_set(&self, id: &str, pairs: Vec<(String, String)>) -> Result<u64> {
-        self.group_write(id, Op::Set { pairs }).await
+        Ok(self.group_write(id, Op::Set { pairs }).await?.0)
     }
 
     /// Deletes `key` in group `id`; returns the log index once applied.
     pub async fn group_delete(&self, id: &str, key: String) -> Result<u64> {
-        self.group_write(id, Op::Delete { key }).await
+        Ok(self.group_write(id, Op::Delete { key }).await?.0)
     }
 
-    async fn group_write(&self, id: &str, op: Op) -> Result<u64> {
+    /// Applies any client operation in group `id`; returns its log index once applied, and
+    /// what it did (a compare-and-set may not have changed anything).
+    pub async fn group_write(&self, id: &str, op: Op) -> Result<(u64, Outcome)> {
         match self.local_group(id) {
             Some(g) => g.write(op).await,
             None => Err(self.elsewhere(id, ReadLevel::Default).await),

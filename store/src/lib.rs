@@ -23,6 +23,7 @@ mod group;
 pub mod groups;
 #[doc(hidden)]
 pub mod hostile;
+mod kv;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -46,6 +47,7 @@ pub use node::Member;
 pub use node::Metrics;
 pub use node::Options;
 pub use node::ReadLevel;
+pub use node::ReadOpts;
 pub use node::Role;
 pub use node::Status;
 pub use node::Store;
@@ -54,9 +56,22 @@ pub use peer_auth::ClusterKey;
 pub use peer_auth::JoinProof;
 pub use peer_auth::Mtls;
 pub use peer_auth::PeerAuth;
+pub use state_machine::Page;
+pub use state_machine::Range;
+pub use state_machine::Read;
+pub use types::CmpOp;
 pub use types::Command;
+pub use types::Compare;
 pub use types::GroupEntry;
+pub use types::KeyMeta;
+pub use types::KeyValue;
 pub use types::Node;
+pub use types::Op;
+pub use types::Outcome;
+pub use types::Target;
+pub use types::Txn;
+pub use types::TxnOp;
+pub use types::TxnResult;
 pub use types::MAX_ENTRY_BYTES;
 
 #[cfg(test)]

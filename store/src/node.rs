@@ -106,6 +106,33 @@ impl Options {
     }
 }
 
+/// How a read is served: at which level, and after which index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOpts {
+    pub level: ReadLevel,
+    /// Serve only once this node has applied this index (read-your-writes), waiting at
+    /// most `wait` for it.
+    pub min_index: Option<u64>,
+    pub wait: Duration,
+}
+
+impl ReadOpts {
+    /// The longest `wait` a client may ask for.
+    pub const MAX_WAIT: Duration = Duration::from_secs(60);
+    /// `wait` when the client gives none.
+    pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+}
+
+impl From<ReadLevel> for ReadOpts {
+    fn from(level: ReadLevel) -> Self {
+        ReadOpts {
+            level,
+            min_index: None,
+            wait: ReadOpts::DEFAULT_WAIT,
+        }
+    }
+}
+
 /// The role of this node, as `/status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -575,7 +602,8 @@ impl Store {
 
     /// Reads `key` at `level`.
     pub async fn get(&self, key: &str, level: ReadLevel) -> Result<Option<String>> {
-        self.default.get(key, level).await
+        let read = self.default.get(key, &level.into()).await?;
+        Ok(read.value.map(|kv| kv.value))
     }
 
     /// Streams a consistent image of the applied state, taken at `level` (as for reads:
@@ -625,7 +653,7 @@ impl Store {
     }
 
     async fn write(&self, op: Op) -> Result<u64> {
-        self.default.write(op).await
+        Ok(self.default.write(op).await?.0)
     }
 
     /// Fails with `NotLeader` unless this node currently believes it leads the default

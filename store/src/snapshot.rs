@@ -27,7 +27,10 @@ use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 
-const MAGIC: &[u8; 10] = b"HRAFTSNAP2";
+/// Since values carry metadata (see `kv.rs`): every record's value is in that format.
+const MAGIC: &[u8; 10] = b"HRAFTSNAP3";
+/// Before values carried metadata: values are plain UTF-8, converted as they are read.
+const MAGIC_LEGACY: &[u8; 10] = b"HRAFTSNAP2";
 /// Upper bound for one key or value, so a corrupt length cannot ask for gigabytes.
 const MAX_FIELD: u32 = 256 << 20;
 const END: u32 = u32::MAX;
@@ -161,6 +164,9 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 pub(crate) struct Reader {
     r: BufReader<File>,
     pub(crate) meta: SnapshotMeta,
+    /// Written before values had metadata ([`MAGIC_LEGACY`]): [`Reader::next_record`]
+    /// converts each client value, created at the snapshot's index.
+    legacy: bool,
     seen: u64,
     crc: crc32fast::Hasher,
 }
@@ -170,7 +176,8 @@ impl Reader {
         let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
         let mut magic = [0u8; 10];
         r.read_exact(&mut magic)?;
-        if &magic != MAGIC {
+        let legacy = &magic == MAGIC_LEGACY;
+        if &magic != MAGIC && !legacy {
             return Err(invalid(format!(
                 "{}: not an hraftd snapshot",
                 path.display()
@@ -186,6 +193,7 @@ impl Reader {
         Ok(Reader {
             r,
             meta,
+            legacy,
             seen: 0,
             crc: crc32fast::Hasher::new(),
         })
@@ -250,9 +258,17 @@ impl Reader {
     }
 
     /// The next record, or `None` after the trailer (whose count and checksum are checked).
+    /// Client values are always in the current format (see `kv.rs`).
     pub(crate) fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let (mut k, mut v) = (Vec::new(), Vec::new());
-        Ok(self.advance(Some((&mut k, &mut v)))?.then_some((k, v)))
+        if !self.advance(Some((&mut k, &mut v)))? {
+            return Ok(None);
+        }
+        if self.legacy && !crate::catalogue::is_catalogue_key(&k) {
+            let index = self.meta.last_log_id.map(|l| l.index).unwrap_or(0);
+            v = crate::kv::legacy(&v, index);
+        }
+        Ok(Some((k, v)))
     }
 }
 
@@ -348,6 +364,26 @@ mod tests {
         w.write_all(&(records.len() as u64).to_be_bytes()).unwrap();
         w.write_all(&crc.finalize().to_be_bytes()).unwrap();
         path
+    }
+
+    /// A snapshot (or backup) written before values had metadata: its values come out in
+    /// the current format, version 1 at the snapshot's index; catalogue records as they are.
+    #[test]
+    fn snapshots_from_before_metadata_are_converted_as_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = crate::catalogue::key("g1");
+        let path = write_file(dir.path(), &[(b"k", b"old"), (&cat, b"entry")]);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[..MAGIC.len()].copy_from_slice(MAGIC_LEGACY);
+        fs::write(&path, &bytes).unwrap();
+        verify(&path).expect("a legacy file verifies");
+        let mut r = Reader::open(&path).unwrap();
+        let (k, v) = r.next_record().unwrap().unwrap();
+        assert_eq!(k, b"k");
+        let (meta, value) = crate::kv::decode(&v).unwrap();
+        assert_eq!((meta.version, meta.mod_index, value), (1, 0, &b"old"[..]));
+        assert_eq!(r.next_record().unwrap(), Some((cat, b"entry".to_vec())));
+        assert_eq!(r.next_record().unwrap(), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::catalogue;
 use crate::db;
 use crate::db::Family;
 use crate::db::Keyspace;
+use crate::kv;
 use crate::snapshot;
 use crate::snapshot::KEY_LAST_APPLIED;
 use crate::snapshot::KEY_MEMBERSHIP;
@@ -37,8 +38,8 @@ use crate::types::encode;
 use crate::types::Applied;
 use crate::types::Command;
 use crate::types::Entry;
+use crate::types::KeyValue;
 use crate::types::LogId;
-use crate::types::Op;
 use crate::types::SnapshotFile;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
@@ -49,7 +50,15 @@ use crate::types::TypeConfig;
 /// so a crash mid-install is finished at the next start.
 const KEY_INSTALLING: &[u8] = b"installing";
 /// Every valid UTF-8 key sorts below this byte, so `[b"", DATA_END)` covers all data.
-const DATA_END: &[u8] = b"\xff";
+const DATA_END: &[u8] = kv::USER_END;
+/// Present once every value in the data family carries metadata (`kv.rs`); a data
+/// directory written before then is converted when it is opened.
+const KEY_FORMAT: &[u8] = b"value_format";
+const FORMAT_META: &[u8] = b"2";
+/// Most keys one range page holds ([`StateReader::range`]).
+pub const MAX_RANGE_LIMIT: usize = 10_000;
+/// Most key and value bytes one range page holds; past them the page ends early (`more`).
+pub const MAX_PAGE_BYTES: usize = 8 << 20;
 const DATA_START: &[u8] = b"";
 /// How many bytes of records an install writes per batch, to keep memory bounded.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -98,6 +107,54 @@ impl AppliedIndex {
         // The channel cannot close while `self` holds its sender.
         let _ = rx.wait_for(|a| a.is_some_and(|a| a >= index)).await;
     }
+
+    /// The index last published.
+    pub(crate) fn current(&self) -> Option<u64> {
+        *self.tx.borrow()
+    }
+}
+
+/// A read's answer and the applied index it was read at (all of it from one RocksDB
+/// snapshot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+/// Which keys a range read covers: `[from, to)` in byte order (`to: None`: to the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub from: String,
+    /// Bytes, not text: the end of a prefix need not be UTF-8.
+    pub to: Option<Vec<u8>>,
+    /// Start after this key (the `next` of the page before).
+    pub after: Option<String>,
+    /// At most this many keys (1 to [`MAX_RANGE_LIMIT`]).
+    pub limit: usize,
+    /// Leave values out (empty strings).
+    pub keys_only: bool,
+}
+
+impl Range {
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &str) -> Range {
+        Range {
+            from: prefix.to_string(),
+            to: Some(kv::prefix_end(prefix.as_bytes())),
+            after: None,
+            limit: 1000,
+            keys_only: false,
+        }
+    }
+}
+
+/// One page of a range read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// More keys follow: read on with `after` = the last key of this page.
+    pub more: bool,
 }
 
 /// Read access to the applied state, shared by the HTTP read path.
@@ -105,6 +162,8 @@ impl AppliedIndex {
 pub struct StateReader {
     /// The group's column families.
     ks: Keyspace,
+    /// What has been applied, for reads that wait for an index (`min_index`).
+    pub(crate) applied: AppliedIndex,
     install: InstallLock,
     /// Bumped whenever the catalogue may have changed (only the default group has one).
     catalogue: catalogue::Changes,
@@ -131,21 +190,91 @@ impl StateReader {
         .map_err(io::Error::other)?
     }
 
-    /// The value of `key` in the locally applied state. Refused (not delayed) while a
-    /// snapshot install is replacing the state: that can take long, and the half-installed
-    /// state must never be read.
-    pub async fn get(&self, key: &str) -> crate::Result<Option<String>> {
+    /// `key` with its metadata in the locally applied state, and the index it was read at.
+    /// Refused (not delayed) while a snapshot install is replacing the state: that can
+    /// take long, and the half-installed state must never be read.
+    pub async fn get(&self, key: &str) -> crate::Result<Read<Option<KeyValue>>> {
         let Ok(_guard) = self.install.try_read() else {
-            return Err(crate::Error::Unavailable(
-                "a snapshot from the leader is being installed; retry shortly".into(),
-            ));
+            return Err(installing());
         };
+        let db = self.ks.db();
+        let snap = db.snapshot();
+        let index = self.index_in(&snap)?;
         let cf = self.ks.cf(Family::Data);
-        match self.ks.db().get_pinned_cf(&cf, key.as_bytes())? {
-            None => Ok(None),
-            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
-        }
+        let value = match snap.get_pinned_cf(&cf, key.as_bytes())? {
+            None => None,
+            Some(v) => Some(
+                kv::key_value(key.as_bytes(), &v, true)
+                    .map_err(|e| crate::Error::io(format!("reading key {key:?}"), e))?,
+            ),
+        };
+        Ok(Read { index, value })
     }
+
+    /// One page of the keys in `range`, in byte order, all from one snapshot.
+    pub async fn range(&self, range: &Range) -> crate::Result<Read<Page>> {
+        let Ok(_guard) = self.install.try_read() else {
+            return Err(installing());
+        };
+        let limit = range.limit.clamp(1, MAX_RANGE_LIMIT);
+        let mut start = range.from.as_bytes().to_vec();
+        if let Some(after) = &range.after {
+            let mut next = after.as_bytes().to_vec();
+            next.push(0);
+            start = start.max(next);
+        }
+        let end = match &range.to {
+            Some(to) if to.as_slice() < DATA_END => to.clone(),
+            _ => DATA_END.to_vec(),
+        };
+        let db = self.ks.db();
+        let snap = db.snapshot();
+        let index = self.index_in(&snap)?;
+        let mut page = Page {
+            kvs: Vec::new(),
+            more: false,
+        };
+        if start >= end {
+            return Ok(Read { index, value: page });
+        }
+        let cf = self.ks.cf(Family::Data);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let mut it = snap.raw_iterator_cf_opt(&cf, opts);
+        it.seek(&start);
+        let mut bytes = 0;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if page.kvs.len() == limit || (bytes > 0 && bytes + k.len() + v.len() > MAX_PAGE_BYTES)
+            {
+                page.more = true;
+                break;
+            }
+            bytes += k.len() + if range.keys_only { 0 } else { v.len() };
+            let kv = kv::key_value(k, v, !range.keys_only)
+                .map_err(|e| crate::Error::io("reading a range", e))?;
+            page.kvs.push(kv);
+            it.next();
+        }
+        it.status()?;
+        Ok(Read { index, value: page })
+    }
+
+    /// The applied index as `snap` sees it.
+    fn index_in(&self, snap: &db::DbSnapshot<'_>) -> crate::Result<u64> {
+        let cf = self.ks.cf(Family::SmMeta);
+        let (last, _) = snapshot::read_applied(|k| snap.get_cf(&cf, k))
+            .map_err(|e| crate::Error::io("reading the applied index", e))?;
+        Ok(last.map(|l| l.index).unwrap_or(0))
+    }
+
+    /// The index this node has applied, as last published.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.current().unwrap_or(0)
+    }
+}
+
+fn installing() -> crate::Error {
+    crate::Error::Unavailable("a snapshot from the leader is being installed; retry shortly".into())
 }
 
 impl StateReader {
@@ -211,6 +340,7 @@ impl StateMachine {
         let sm = StateMachine {
             reader: StateReader {
                 ks: ks.clone(),
+                applied: applied.clone(),
                 install: Arc::new(tokio::sync::RwLock::new(())),
                 catalogue: catalogue::Changes::default(),
             },
@@ -250,6 +380,15 @@ impl StateMachine {
         }
         snapshot::retain_newest(&sm.snapshot_dir, true)?;
         let (last, _) = snapshot::read_applied(|k| sm.ks.db().get_cf(&cf, k))?;
+        if sm
+            .ks
+            .db()
+            .get_cf(&cf, KEY_FORMAT)
+            .map_err(io::Error::other)?
+            .is_none()
+        {
+            convert_legacy(&sm.ks, last.map(|l| l.index).unwrap_or(0))?;
+        }
         drop(cf);
         sm.applied.publish(last.map(|l| l.index));
         Ok(sm)
@@ -258,6 +397,40 @@ impl StateMachine {
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
     }
+}
+
+/// Gives every value of a data directory written before values had metadata its
+/// metadata (version 1, created at `index`, the applied index), in bounded batches, then
+/// records that the data is converted. Idempotent: converted values are recognised, so a
+/// crash midway is finished at the next start.
+fn convert_legacy(ks: &Keyspace, index: u64) -> io::Result<()> {
+    let db = ks.db();
+    let (data, meta_cf) = (ks.cf(Family::Data), ks.cf(Family::SmMeta));
+    let mut batch = WriteBatch::default();
+    let mut converted = 0u64;
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(DATA_END.to_vec());
+    for item in db.iterator_cf_opt(&data, opts, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(io::Error::other)?;
+        if kv::is_legacy(&v) {
+            batch.put_cf(&data, &k, kv::legacy(&v, index));
+            converted += 1;
+        }
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write(std::mem::take(&mut batch))
+                .map_err(io::Error::other)?;
+        }
+    }
+    batch.put_cf(&meta_cf, KEY_FORMAT, FORMAT_META);
+    db.write_opt(batch, &db::sync_write())
+        .map_err(io::Error::other)?;
+    if converted > 0 {
+        log::warn!(
+            "group {}: gave {converted} values written by an earlier version their metadata (version 1, index {index})",
+            ks.group_id()
+        );
+    }
+    Ok(())
 }
 
 /// Replaces the whole state with the contents of a snapshot file. Blocking.
@@ -326,30 +499,29 @@ async fn copy_to(file: &mut tokio::fs::File, path: &Path) -> io::Result<()> {
     out.sync_all().await
 }
 
-/// Adds the effect of `cmd` to `batch`; says whether it touched the catalogue.
+/// Applies `cmd`, the entry at `index`: client operations through `applier`, catalogue
+/// changes straight into `batch`. Returns each client operation's outcome, and whether
+/// the catalogue changed.
 fn apply_command(
+    applier: &mut kv::Applier<'_>,
     batch: &mut WriteBatch,
     data: &impl rocksdb::AsColumnFamilyRef,
     cmd: Command,
-) -> io::Result<bool> {
+    index: u64,
+) -> io::Result<(Vec<crate::types::Outcome>, bool)> {
     if let Command::Catalogue { group, entry } = cmd {
         match entry {
             Some(e) => batch.put_cf(data, catalogue::key(&group), catalogue::encode_entry(&e)?),
             None => batch.delete_cf(data, catalogue::key(&group)),
         }
-        return Ok(true);
+        return Ok((Vec::new(), true));
     }
-    for op in cmd.into_ops() {
-        match op {
-            Op::Set { pairs } => {
-                for (k, v) in pairs {
-                    batch.put_cf(data, k.as_bytes(), v.as_bytes());
-                }
-            }
-            Op::Delete { key } => batch.delete_cf(data, key.as_bytes()),
-        }
+    let ops = cmd.into_ops();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(applier.apply(op, index)?);
     }
-    Ok(false)
+    Ok((out, false))
 }
 
 /// Builds snapshots; a separate handle so openraft can build while applying continues.
@@ -414,23 +586,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (data, meta) = (self.ks.cf(Family::Data), self.ks.cf(Family::SmMeta));
         let (data, meta) = (&data, &meta);
         let mut batch = WriteBatch::default();
+        let mut applier = kv::Applier::new(self.ks.db(), data);
         let mut out = Vec::new();
         let mut last = None;
         let mut catalogue_changed = false;
         for entry in entries {
             last = Some(entry.log_id);
+            let mut outcomes = Vec::new();
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
-                    catalogue_changed |= apply_command(&mut batch, data, cmd).map_err(sm_err)?
+                    let (o, cat) =
+                        apply_command(&mut applier, &mut batch, data, cmd, entry.log_id.index)
+                            .map_err(sm_err)?;
+                    outcomes = o;
+                    catalogue_changed |= cat;
                 }
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m);
                     batch.put_cf(meta, KEY_MEMBERSHIP, encode(&sm).map_err(sm_err)?);
                 }
             }
-            out.push(Applied);
+            out.push(Applied(outcomes));
         }
+        applier.finish(&mut batch);
         if let Some(last) = last {
             batch.put_cf(meta, KEY_LAST_APPLIED, encode(&Some(last)).map_err(sm_err)?);
             // Not fsynced on its own: the log entries are, and the shared WAL recovers a
@@ -592,5 +771,220 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::types::CmpOp;
+    use crate::types::Compare;
+    use crate::types::KeyMeta;
+    use crate::types::Op;
+    use crate::types::Outcome;
+    use crate::types::Target;
+    use crate::types::Txn;
+    use crate::types::TxnOp;
+    use crate::types::TxnResult;
+
+    fn open(dir: &Path) -> (Arc<db::Db>, StateMachine) {
+        let db = db::open(&dir.join("raft")).unwrap();
+        let ks = Keyspace::default_group(&db);
+        let sm = StateMachine::open(ks, dir.join("snapshots"), AppliedIndex::default()).unwrap();
+        (db, sm)
+    }
+
+    fn entry(index: u64, op: Op) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::Batch(vec![op])),
+        }
+    }
+
+    async fn apply(sm: &mut StateMachine, index: u64, op: Op) -> Outcome {
+        let mut out = sm.apply([entry(index, op)]).await.unwrap();
+        out.pop().unwrap().0.pop().unwrap()
+    }
+
+    fn set(k: &str, v: &str) -> Op {
+        Op::Set {
+            pairs: vec![(k.into(), v.into())],
+        }
+    }
+
+    async fn meta(sm: &StateMachine, key: &str) -> Option<(String, KeyMeta)> {
+        let r = sm.reader().get(key).await.unwrap();
+        r.value.map(|kv| (kv.value, kv.meta))
+    }
+
+    const fn m(create_index: u64, mod_index: u64, version: u64) -> KeyMeta {
+        KeyMeta {
+            create_index,
+            mod_index,
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn applying_keeps_versions_and_checks_compares_at_apply_time() {
+        let td = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = open(td.path());
+        assert_eq!(apply(&mut sm, 1, set("a", "1")).await, Outcome::Done);
+        apply(&mut sm, 2, set("a", "2")).await;
+        assert_eq!(meta(&sm, "a").await, Some(("2".into(), m(1, 2, 2))));
+        let r = sm.reader().get("a").await.unwrap();
+        assert_eq!(r.index, 2);
+
+        // Compare-and-set: a stale expectation changes nothing and says what is there.
+        let cas = |expect, value: Option<&str>| Op::Cas {
+            key: "a".into(),
+            value: value.map(str::to_string),
+            expect,
+        };
+        match apply(&mut sm, 3, cas(1, Some("x"))).await {
+            Outcome::CasFailed { current: Some(kv) } => assert_eq!(kv.meta, m(1, 2, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(apply(&mut sm, 4, cas(2, Some("3"))).await, Outcome::Done);
+        assert_eq!(meta(&sm, "a").await, Some(("3".into(), m(1, 4, 3))));
+        assert_eq!(apply(&mut sm, 5, cas(4, None)).await, Outcome::Done);
+        assert_eq!(meta(&sm, "a").await, None);
+        assert_eq!(apply(&mut sm, 6, cas(0, Some("new"))).await, Outcome::Done);
+        assert_eq!(meta(&sm, "a").await, Some(("new".into(), m(6, 6, 1))));
+
+        // Several operations in one entry see each other (not yet in RocksDB).
+        let entries = vec![Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), 7),
+            payload: EntryPayload::Normal(Command::Batch(vec![
+                set("p/1", "x"),
+                set("p/2", "y"),
+                Op::Cas {
+                    key: "p/1".into(),
+                    value: Some("z".into()),
+                    expect: 7,
+                },
+                Op::DeletePrefix {
+                    prefix: "p/".into(),
+                },
+                set("p/3", "w"),
+            ])),
+        }];
+        let out = sm.apply(entries).await.unwrap();
+        assert_eq!(
+            out[0].0,
+            vec![
+                Outcome::Done,
+                Outcome::Done,
+                Outcome::Done,
+                Outcome::Deleted { count: 2 },
+                Outcome::Done
+            ]
+        );
+        assert_eq!(meta(&sm, "p/1").await, None);
+        assert_eq!(meta(&sm, "p/3").await, Some(("w".into(), m(7, 7, 1))));
+        // A prefix delete counts what RocksDB holds as well.
+        apply(&mut sm, 8, set("p/4", "v")).await;
+        assert_eq!(
+            apply(
+                &mut sm,
+                9,
+                Op::DeletePrefix {
+                    prefix: "p/".into()
+                }
+            )
+            .await,
+            Outcome::Deleted { count: 2 }
+        );
+
+        // A transaction: compares on what is there, then one branch.
+        let txn = |version| {
+            Op::Txn(Txn {
+                compare: vec![
+                    Compare {
+                        key: "a".into(),
+                        target: Target::Version(version),
+                        op: CmpOp::Eq,
+                    },
+                    Compare {
+                        key: "none".into(),
+                        target: Target::Value("x".into()),
+                        op: CmpOp::Ne,
+                    },
+                ],
+                success: vec![TxnOp::Put {
+                    key: "b".into(),
+                    value: "1".into(),
+                }],
+                failure: vec![TxnOp::Get { key: "a".into() }],
+            })
+        };
+        // A value compare on a missing key is false, even `!=`.
+        match apply(&mut sm, 10, txn(1)).await {
+            Outcome::Txn {
+                succeeded: false,
+                results,
+            } => match &results[..] {
+                [TxnResult::Get { kv: Some(kv) }] => assert_eq!(kv.value, "new"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(meta(&sm, "b").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_from_before_metadata_is_converted_once() {
+        let td = tempfile::tempdir().unwrap();
+        {
+            // What an earlier version left: plain values, `last_applied` at 7, no marker.
+            let db = db::open(&td.path().join("raft")).unwrap();
+            let ks = Keyspace::default_group(&db);
+            let mut b = WriteBatch::default();
+            b.put_cf(&ks.cf(Family::Data), b"k", b"old");
+            b.put_cf(&ks.cf(Family::Data), b"e", b"");
+            let last = Some(LogId::new(CommittedLeaderId::new(1, 0), 7));
+            b.put_cf(
+                &ks.cf(Family::SmMeta),
+                KEY_LAST_APPLIED,
+                encode(&last).unwrap(),
+            );
+            db.write(b).unwrap();
+        }
+        let (db, mut sm) = open(td.path());
+        assert_eq!(meta(&sm, "k").await, Some(("old".into(), m(7, 7, 1))));
+        assert_eq!(meta(&sm, "e").await, Some(("".into(), m(7, 7, 1))));
+        apply(&mut sm, 8, set("k", "new")).await;
+        drop(sm);
+        drop(db);
+        // Opened again: nothing converted twice.
+        let (_db, sm) = open(td.path());
+        assert_eq!(meta(&sm, "k").await, Some(("new".into(), m(7, 8, 2))));
+    }
+
+    #[tokio::test]
+    async fn ranges_page_by_key_from_one_snapshot() {
+        let td = tempfile::tempdir().unwrap();
+        let (_db, mut sm) = open(td.path());
+        for (i, k) in ["a", "b/1", "b/2", "b/3", "c"].iter().enumerate() {
+            apply(&mut sm, i as u64 + 1, set(k, "v")).await;
+        }
+        let mut r = Range::prefix("b/");
+        r.limit = 2;
+        let p = sm.reader().range(&r).await.unwrap();
+        let keys: Vec<_> = p.value.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!((keys, p.value.more, p.index), (vec!["b/1", "b/2"], true, 5));
+        r.after = Some("b/2".into());
+        let p = sm.reader().range(&r).await.unwrap();
+        let keys: Vec<_> = p.value.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!((keys, p.value.more), (vec!["b/3"], false));
+        // Everything, and the catalogue (past every UTF-8 key) is never listed.
+        let mut all = Range::prefix("");
+        all.keys_only = true;
+        let p = sm.reader().range(&all).await.unwrap();
+        assert_eq!(p.value.kvs.len(), 5);
+        assert!(p.value.kvs.iter().all(|kv| kv.value.is_empty()));
     }
 }

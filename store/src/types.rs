@@ -41,12 +41,127 @@ impl fmt::Display for Node {
 }
 
 /// One client operation.
+///
+/// New variants go last: the numbers of the earlier ones are in every log and snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Set one or more keys; all pairs become visible together.
     Set { pairs: Vec<(String, String)> },
     /// Delete a key; deleting a missing key is not an error.
     Delete { key: String },
+    /// Never decodes: variant 2 is where a batch nested inside a batch would be (the old
+    /// recursive `Batch` was variant 2 of the command), and a batch never holds a batch.
+    /// Kept so that such a frame is refused as malformed rather than read as another op.
+    NestedBatch(Never),
+    /// Compare-and-set: sets `key` to `value` (or deletes it, for `None`) only if its
+    /// `mod_index` is `expect` when the entry is applied (`0`: only if it does not exist).
+    Cas {
+        key: String,
+        value: Option<String>,
+        expect: u64,
+    },
+    /// Deletes every key that starts with `prefix`.
+    DeletePrefix { prefix: String },
+    /// Compares, then one of two lists of operations, all in this entry.
+    Txn(Txn),
+}
+
+/// A type with no values: what cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Never {}
+
+/// Per-key metadata, kept with every value and identical on every node: the state
+/// machine derives it from log indexes only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// The log index of the entry that created the key (since it last did not exist).
+    pub create_index: u64,
+    /// The log index of the entry that last changed it.
+    pub mod_index: u64,
+    /// 1 at creation, +1 per change; a deleted and re-created key starts again at 1.
+    pub version: u64,
+}
+
+/// One key with its value (empty when only keys were asked for) and metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    pub meta: KeyMeta,
+}
+
+/// A transaction: every compare holds, then `success` runs, else `failure`; one entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One condition of a [`Txn`] on one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub target: Target,
+    pub op: CmpOp,
+}
+
+/// What a [`Compare`] looks at, with the operand. A key that does not exist has version,
+/// `mod_index` and `create_index` 0, and no value: every value comparison on it is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Value(String),
+    Version(u64),
+    ModIndex(u64),
+    CreateIndex(u64),
+    /// Only `Eq` and `Ne` apply.
+    Exists(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+}
+
+/// One operation of a [`Txn`] branch. Flat: a transaction never holds a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+    Get { key: String },
+}
+
+/// What one [`Op`] did when applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Set or deleted as asked.
+    Done,
+    /// A compare-and-set whose key was not at the expected `mod_index`: nothing changed.
+    CasFailed { current: Option<KeyValue> },
+    /// A prefix delete: how many keys went.
+    Deleted { count: u64 },
+    /// A transaction: which branch ran and what each of its operations gave.
+    Txn {
+        succeeded: bool,
+        results: Vec<TxnResult>,
+    },
+}
+
+/// What one [`TxnOp`] gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnResult {
+    Put,
+    /// How many keys were deleted (0 or 1 for a single key).
+    Deleted {
+        count: u64,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
 }
 
 /// One Raft group in the catalogue: who should host it.
@@ -88,11 +203,13 @@ pub enum Command {
 }
 
 impl Command {
-    /// The command for one operation.
+    /// The command for one operation. Operations newer than `Set` and `Delete` travel as
+    /// a batch of one, so that `Command` keeps its variants.
     pub fn single(op: Op) -> Command {
         match op {
             Op::Set { pairs } => Command::Set { pairs },
             Op::Delete { key } => Command::Delete { key },
+            other => Command::Batch(vec![other]),
         }
     }
 
@@ -119,10 +236,11 @@ pub fn encoded_size<T: Serialize>(v: &T) -> u64 {
     bincode::serialized_size(v).unwrap_or(u64::MAX)
 }
 
-/// What applying a [`Command`] returns. The log index is carried by openraft itself,
-/// so there is nothing more to say yet.
+/// What applying a [`Command`] returns: one [`Outcome`] per client operation, in order
+/// (none for a catalogue change, a membership change or a blank entry). The log index is
+/// carried by openraft itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied;
+pub struct Applied(pub Vec<Outcome>);
 
 /// Snapshot payloads are files on disk (see `snapshot.rs`), so that neither building,
 /// sending nor installing a snapshot holds the whole state in memory.

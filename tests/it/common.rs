@@ -309,7 +309,7 @@ impl TestCluster {
     }
 
     /// A typed client of node `i` that follows redirects, like `curl -L`.
-    fn redirecting_client(&self, i: usize) -> hraftd_client::Client {
+    pub fn redirecting_client(&self, i: usize) -> hraftd_client::Client {
         hraftd_client::Client::builder([self.nodes[i].http.clone()])
             .timeout(Duration::from_secs(15))
             .build()

@@ -63,10 +63,13 @@ async fn hraftctl_reads_writes_and_manages_a_cluster() {
         &["get", "user1", "--json"],
     )
     .await;
+    let kv: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
-        serde_json::json!({"user1": "batman"})
+        (&kv["key"], &kv["value"], &kv["version"]),
+        (&"user1".into(), &"batman".into(), &1.into()),
+        "{kv}"
     );
+    assert!(kv["mod_index"].as_u64().is_some_and(|i| i > 0), "{kv}");
     // A stale read from the follower itself.
     let out = must(
         0,
@@ -222,4 +225,124 @@ async fn hraftctl_acts_as_the_user_given_with_the_password_never_on_the_command_
     )
     .await;
     assert_eq!(out, "v\n");
+}
+
+/// Runs `hraftctl` with `stdin` as its standard input; requires exit code `code`.
+async fn must_with_stdin(code: i32, env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hraftctl"));
+    cmd.args(args)
+        .env_remove("HRAFTD_ENDPOINTS")
+        .env_remove("HRAFTD_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn hraftctl");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("hraftctl {args:?} did not finish within 60 s"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "hraftctl {args:?}: stdout {stdout:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The README's coordination recipes, step by step: a lock with `--cas 0` and a release
+/// at the holder's index; a config rollout read with `ls` and applied with `txn` (exit
+/// code 1 once its compare no longer holds); read-your-writes with `--min-index`.
+#[tokio::test]
+async fn hraftctl_builds_a_lock_and_a_config_rollout_as_the_readme_shows() {
+    let c = TestCluster::start(3, &[]).await;
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.http.clone()).collect();
+    let eps = eps.join(",");
+    let env = [("HRAFTD_ENDPOINTS", eps.as_str())];
+    let index_of = |out: &str| -> u64 {
+        out.trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no index in {out:?}"))
+    };
+
+    // A lock: the first taker wins, the second is told (exit code 1), the holder releases.
+    let taken = index_of(&must(0, &env, &["put", "locks/deploy", "alice", "--cas", "0"]).await);
+    must(1, &env, &["put", "locks/deploy", "bob", "--cas", "0"]).await;
+    must(
+        1,
+        &env,
+        &["del", "locks/deploy", "--cas", &(taken + 1).to_string()],
+    )
+    .await;
+    must(
+        0,
+        &env,
+        &["del", "locks/deploy", "--cas", &taken.to_string()],
+    )
+    .await;
+    must(1, &env, &["get", "locks/deploy", "--level", "consistent"]).await;
+
+    // A config rollout.
+    must(0, &env, &["put", "config/app/version", "1"]).await;
+    must(0, &env, &["put", "config/app/flags", r#"{"beta":false}"#]).await;
+    let table = must(0, &env, &["ls", "config/app/", "--level", "consistent"]).await;
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[0].starts_with("KEY\tVERSION"), "{table}");
+    assert!(rows[1].starts_with("config/app/flags\t1\t"), "{table}");
+    assert!(
+        rows[2].starts_with("config/app/version\t1\t") && rows[2].ends_with("\t1"),
+        "{table}"
+    );
+    let rollout = r#"{"compare":[{"key":"config/app/version","target":"value","op":"==","value":"1"}],
+        "success":[{"op":"put","key":"config/app/version","value":"2"},
+                   {"op":"put","key":"config/app/flags","value":"{\"beta\":true}"}],
+        "failure":[{"op":"get","key":"config/app/version"}]}"#;
+    let out = must_with_stdin(0, &env, &["txn", "--json"], rollout).await;
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["succeeded"], true, "{r}");
+    let index = r["index"].as_u64().unwrap();
+    // Run again, the compare fails: the failure branch shows what is there; exit code 1.
+    let out = must_with_stdin(1, &env, &["txn"], rollout).await;
+    assert!(out.starts_with("FAILED index "), "{out}");
+    assert!(out.contains(r#""value":"2""#), "{out}");
+
+    // Read-your-writes on every node, stale (no leader round trip).
+    for n in &c.nodes {
+        let out = must(
+            0,
+            &[],
+            &[
+                "-H",
+                &n.http,
+                "get",
+                "config/app/flags",
+                "--level",
+                "stale",
+                "--min-index",
+                &index.to_string(),
+            ],
+        )
+        .await;
+        assert_eq!(out, "{\"beta\":true}\n");
+    }
+    let listed = must(0, &env, &["ls", "config/", "--json", "--keys-only"]).await;
+    let kvs: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(kvs.as_array().map(Vec::len), Some(2), "{kvs}");
+    assert!(kvs[0].get("value").is_none(), "{kvs}");
+    // A prefix delete says how many went.
+    let out = must(0, &env, &["del", "config/", "--prefix"]).await;
+    assert!(out.starts_with("OK deleted 2 index "), "{out}");
+    // Bad input is a usage error (2), and nothing is sent.
+    must(2, &env, &["put", "k", "v", "--cas", "abc"]).await;
+    must_with_stdin(2, &env, &["txn"], "not json").await;
 }

@@ -14,6 +14,7 @@ mod groups;
 mod hardening;
 mod hraftctl;
 mod join;
+mod keyapi;
 mod membership;
 mod operations;
 mod readme;

@@ -3,7 +3,12 @@
 //! sub-history is (P-compositionality), so keys are checked one at a time.
 //!
 //! Model: each key is a register holding a value or nothing. `Write(v)` sets it, `Delete`
-//! clears it, `Read` must observe the current value. Ops that failed definitely are
+//! clears it, `Read` must observe the current value. `Cas` is compare-and-set: the
+//! workload reads a key's value and `mod_index` and sets it only at that `mod_index`;
+//! since every value is written once, "at that `mod_index`" is "while the register holds
+//! the value read" (or nothing, for `cas=0`). A CAS that succeeded must have found the
+//! register holding `expect` (and left `new`); one refused with `412` must have found it
+//! holding something else (and changed nothing). Ops that failed definitely are
 //! dropped; indeterminate (`info`) writes may or may not have taken effect at any point
 //! after their invocation, so they never return and the search may leave them out;
 //! indeterminate reads say nothing and are dropped.
@@ -25,6 +30,13 @@ pub enum OpKind {
     Delete,
     /// A read; `Some(v)` once it completed: the value seen, or `None` for "not found".
     Read(Option<Option<String>>),
+    /// Compare-and-set of `new` over `expect` (`None`: the key must not exist).
+    /// `applied`: `Some(true)` succeeded, `Some(false)` refused (`412`), `None` unknown.
+    Cas {
+        expect: Option<String>,
+        new: String,
+        applied: Option<bool>,
+    },
 }
 
 /// How an operation ended.
@@ -85,6 +97,18 @@ impl<'a> Search<'a> {
             OpKind::Delete => Some(self.intern(None)),
             OpKind::Read(Some(seen)) => (self.intern(seen.as_deref()) == state).then_some(state),
             OpKind::Read(None) => Some(state),
+            OpKind::Cas {
+                expect,
+                new,
+                applied,
+            } => {
+                let holds = self.intern(expect.as_deref()) == state;
+                match applied {
+                    // Succeeded, or (unknown) took effect: only from `expect`.
+                    Some(true) | None => holds.then(|| self.intern(Some(new.as_str()))),
+                    Some(false) => (!holds).then_some(state),
+                }
+            }
         }
     }
 
@@ -137,6 +161,14 @@ pub fn check_key(history: &[Op]) -> Verdict {
     for op in history {
         match (&op.kind, op.outcome) {
             (OpKind::Write(v), Outcome::Ok | Outcome::Info) => *writers.entry(v).or_default() += 1,
+            (
+                OpKind::Cas {
+                    new,
+                    applied: Some(true) | None,
+                    ..
+                },
+                Outcome::Ok | Outcome::Info,
+            ) => *writers.entry(new).or_default() += 1,
             (OpKind::Read(Some(Some(v))), Outcome::Ok) => {
                 let at = first_seen.entry(v).or_insert(u64::MAX);
                 *at = (*at).min(op.complete);
@@ -156,6 +188,12 @@ pub fn check_key(history: &[Op]) -> Verdict {
                 Some(_) => Some((op, u64::MAX)),
             },
             (Outcome::Info, OpKind::Delete) => Some((op, u64::MAX)),
+            // As an indeterminate write of `new`, which it is if it took effect.
+            (Outcome::Info, OpKind::Cas { new, .. }) => match first_seen.get(new.as_str()) {
+                None => None,
+                Some(&seen) if writers[new.as_str()] == 1 => Some((op, seen)),
+                Some(_) => Some((op, u64::MAX)),
+            },
         })
         .collect();
     ops.sort_by_key(|(op, _)| op.invoke);
@@ -197,6 +235,18 @@ pub fn render(history: &[Op]) -> String {
             OpKind::Read(Some(Some(v))) => format!("read -> {v:?}"),
             OpKind::Read(Some(None)) => "read -> not found".to_string(),
             OpKind::Read(None) => "read -> ?".to_string(),
+            OpKind::Cas {
+                expect,
+                new,
+                applied,
+            } => format!(
+                "cas {expect:?} -> {new:?}: {}",
+                match applied {
+                    Some(true) => "set",
+                    Some(false) => "refused (412)",
+                    None => "?",
+                }
+            ),
         };
         let complete = if op.outcome == Outcome::Info {
             "?".to_string()
@@ -232,6 +282,67 @@ mod tests {
     fn w(c: usize, v: &str, i: u64, e: u64) -> Op {
         op(c, OpKind::Write(v.into()), i, e, Outcome::Ok)
     }
+    fn cas(c: usize, expect: Option<&str>, new: &str, applied: Option<bool>, i: u64, e: u64) -> Op {
+        let outcome = if applied.is_some() {
+            Outcome::Ok
+        } else {
+            Outcome::Info
+        };
+        op(
+            c,
+            OpKind::Cas {
+                expect: expect.map(String::from),
+                new: new.into(),
+                applied,
+            },
+            i,
+            e,
+            outcome,
+        )
+    }
+
+    #[test]
+    fn a_compare_and_set_must_find_what_it_compared_against() {
+        // Set from "a" while the register held "b": impossible.
+        let h = [
+            w(0, "a", 0, 1),
+            w(0, "b", 2, 3),
+            cas(1, Some("a"), "c", Some(true), 4, 5),
+        ];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+        // Refused while it held "a": impossible too.
+        let h = [w(0, "a", 0, 1), cas(1, Some("a"), "c", Some(false), 2, 3)];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+        // Two creations (cas=0) from the empty register cannot both succeed...
+        let h = [
+            cas(0, None, "x", Some(true), 0, 10),
+            cas(1, None, "y", Some(true), 0, 10),
+        ];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+        // ...but one succeeding and one refused, concurrently, is fine either way round.
+        let h = [
+            cas(0, None, "x", Some(true), 0, 10),
+            cas(1, None, "y", Some(false), 0, 10),
+            r(2, Some("x"), 11, 12),
+        ];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+        // A success that is then read, and an unknown one that was seen.
+        let h = [
+            w(0, "a", 0, 1),
+            cas(1, Some("a"), "c", Some(true), 2, 3),
+            cas(2, Some("c"), "d", None, 4, 5),
+            r(0, Some("d"), 6, 7),
+        ];
+        assert_eq!(check_key(&h), Verdict::Linearizable);
+        // An unknown one seen although the register never held what it expected.
+        let h = [
+            w(0, "a", 0, 1),
+            cas(2, Some("z"), "d", None, 2, 3),
+            r(0, Some("d"), 6, 7),
+        ];
+        assert_eq!(check_key(&h), Verdict::NotLinearizable);
+    }
+
     fn r(c: usize, v: Option<&str>, i: u64, e: u64) -> Op {
         op(
             c,

@@ -467,7 +467,17 @@ pub fn availability(faults: &[Fault], ops: &[Op]) -> Vec<Duration> {
         .filter_map(|f| {
             ops.iter()
                 .filter(|o| o.outcome == Outcome::Ok && o.invoke >= f.at)
-                .filter(|o| matches!(o.kind, OpKind::Write(_) | OpKind::Delete))
+                .filter(|o| {
+                    matches!(
+                        o.kind,
+                        OpKind::Write(_)
+                            | OpKind::Delete
+                            | OpKind::Cas {
+                                applied: Some(true),
+                                ..
+                            }
+                    )
+                })
                 .map(|o| o.complete)
                 .min()
                 .map(|done| Duration::from_nanos(done - f.at))
@@ -501,6 +511,11 @@ impl Report<'_> {
                 OpKind::Write(_) => "write",
                 OpKind::Delete => "delete",
                 OpKind::Read(_) => "read",
+                OpKind::Cas {
+                    applied: Some(false),
+                    ..
+                } => "cas-refused",
+                OpKind::Cas { .. } => "cas",
             };
             *by.entry(format!("{kind} {:?}", o.outcome).to_lowercase())
                 .or_default() += 1;

@@ -1,5 +1,6 @@
-//! The workload: concurrent logical clients writing unique values, deleting, and reading
-//! at `consistent` level over a small rotating set of keys, recording every operation
+//! The workload: concurrent logical clients writing unique values (plainly and by
+//! compare-and-set), deleting (single keys and by prefix), and reading at `consistent`
+//! level over a small rotating set of keys, recording every operation
 //! with its invocation and completion time on one monotonic clock.
 
 use std::sync::atomic::AtomicBool;
@@ -166,6 +167,9 @@ pub async fn run_op(
     key: &str,
     kind: OpKind,
 ) -> Outcome {
+    if let OpKind::Cas { new, .. } = kind {
+        return run_cas(http, history, client_id, node, key, new).await;
+    }
     let http = for_key(http.to([node]), key);
     let invoke = history.now();
     let (kind, outcome) = match kind {
@@ -178,6 +182,7 @@ pub async fn run_op(
             Ok(v) => (OpKind::Read(Some(v)), Outcome::Ok),
             Err(_) => (OpKind::Read(None), Outcome::Fail),
         },
+        OpKind::Cas { .. } => unreachable!("taken by run_cas above"),
     };
     history.push(Op {
         client: client_id,
@@ -187,6 +192,104 @@ pub async fn run_op(
         complete: history.now(),
         outcome,
     });
+    outcome
+}
+
+/// A compare-and-set against `node`: a consistent read of `key`'s value and `mod_index`
+/// (recorded as a read), then `PUT ?cas=<mod_index>` of `new` (recorded as a CAS over the
+/// value read). Returns how the CAS ended (a failed read ends it there).
+pub async fn run_cas(
+    http: &Client,
+    history: &History,
+    client_id: usize,
+    node: &str,
+    key: &str,
+    new: String,
+) -> Outcome {
+    let http = for_key(http.to([node]), key);
+    let invoke = history.now();
+    let read = http
+        .get_kv(key, client::ReadOpts::level(ReadLevel::Consistent))
+        .await;
+    let record = |kind, invoke, outcome| Op {
+        client: client_id,
+        key: key.to_string(),
+        kind,
+        invoke,
+        complete: history.now(),
+        outcome,
+    };
+    let current = match read {
+        Ok(kv) => kv,
+        Err(_) => {
+            history.push(record(OpKind::Read(None), invoke, Outcome::Fail));
+            return Outcome::Fail;
+        }
+    };
+    let expect = current.as_ref().and_then(|kv| kv.value.clone());
+    history.push(record(
+        OpKind::Read(Some(expect.clone())),
+        invoke,
+        Outcome::Ok,
+    ));
+    let at = current.map(|kv| kv.mod_index).unwrap_or(0);
+    let invoke = history.now();
+    let res = http.put_cas(key, &new, at).await;
+    let (applied, outcome) = match &res {
+        Ok(_) => (Some(true), Outcome::Ok),
+        Err(e) if e.cas_failed().is_some() => (Some(false), Outcome::Ok),
+        Err(_) => match write_outcome(&res) {
+            Outcome::Info => (None, Outcome::Info),
+            other => (Some(false), other),
+        },
+    };
+    history.push(record(
+        OpKind::Cas {
+            expect,
+            new,
+            applied,
+        },
+        invoke,
+        outcome,
+    ));
+    outcome
+}
+
+/// `DELETE ?prefix=` of the keys of one generation that live in one group (the prefix
+/// names both); recorded as a delete of each of them, all with the request's times.
+pub async fn run_prefix_delete(
+    http: &Client,
+    history: &History,
+    client_id: usize,
+    node: &str,
+    prefix: &str,
+    generation: u64,
+    k: u64,
+) -> Outcome {
+    let key = key_name(prefix, generation, k);
+    let Some((covering, _)) = key.rsplit_once("-k") else {
+        return Outcome::Fail;
+    };
+    let covering = format!("{covering}-k");
+    let covered: Vec<String> = (0..KEYS_PER_GENERATION)
+        .map(|k| key_name(prefix, generation, k))
+        .filter(|name| name.starts_with(&covering))
+        .collect();
+    let http = for_key(http.to([node]), &key);
+    let invoke = history.now();
+    let res = http.delete_prefix(&covering).await.map(|d| d.index);
+    let outcome = write_outcome(&res);
+    let complete = history.now();
+    for key in covered {
+        history.push(Op {
+            client: client_id,
+            key,
+            kind: OpKind::Delete,
+            invoke,
+            complete,
+            outcome,
+        });
+    }
     outcome
 }
 
@@ -215,22 +318,24 @@ pub async fn run(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let generation = counter.fetch_add(1, Ordering::Relaxed) / OPS_PER_GENERATION;
-                let key = key_name(
-                    &prefix,
-                    generation,
-                    rng.random_range(0..KEYS_PER_GENERATION),
-                );
+                let k = rng.random_range(0..KEYS_PER_GENERATION);
+                let key = key_name(&prefix, generation, k);
                 let node = &nodes[rng.random_range(0..nodes.len())];
                 let p: f64 = rng.random();
-                let kind = if p < 0.45 {
-                    n += 1;
-                    OpKind::Write(format!("c{c}-{n}"))
+                n += 1;
+                let value = format!("c{c}-{n}");
+                let outcome = if p < 0.33 {
+                    run_op(&http, &history, c, node, &key, OpKind::Write(value)).await
+                } else if p < 0.45 {
+                    run_cas(&http, &history, c, node, &key, value).await
+                } else if p < 0.52 {
+                    run_op(&http, &history, c, node, &key, OpKind::Delete).await
                 } else if p < 0.55 {
-                    OpKind::Delete
+                    run_prefix_delete(&http, &history, c, node, &prefix, generation, k).await
                 } else {
-                    OpKind::Read(None)
+                    run_op(&http, &history, c, node, &key, OpKind::Read(None)).await
                 };
-                if run_op(&http, &history, c, node, &key, kind).await == Outcome::Fail {
+                if outcome == Outcome::Fail {
                     // Nobody to talk to right now; do not spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
