@@ -137,7 +137,16 @@ pub async fn forward(
         .headers()
         .iter()
         .filter(|(name, _)| {
-            [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT].contains(name)
+            // The conditions of a compare-and-set above all: a forward without them would
+            // turn a conditional write into a plain one.
+            [
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+            ]
+            .contains(name)
                 || (name.as_str().starts_with("x-hraftd-")
                     && !["x-hraftd-forward", "x-hraftd-forwarded"].contains(&name.as_str()))
         })
@@ -202,7 +211,10 @@ async fn send(
         .iter()
         .filter(|(n, _)| {
             let n = n.as_str();
-            n == "retry-after" || n == "www-authenticate" || n.starts_with("x-hraftd-")
+            n == "retry-after"
+                || n == "www-authenticate"
+                || n == "etag"
+                || n.starts_with("x-hraftd-")
         })
         .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();

@@ -308,3 +308,47 @@ async fn forwarding_as_every_role_while_the_leader_changes() {
         "the first forwards, before an election, cannot have succeeded: {statuses:?}"
     );
 }
+
+/// Found by review: a follower forwarded only some request headers, so `If-None-Match: *`
+/// reached the leader as a plain `PUT` and took a lock someone held. The conditions of a
+/// compare-and-set travel with the request, and a forwarded read keeps its `ETag`.
+#[tokio::test]
+async fn a_forwarded_compare_and_set_keeps_its_condition() {
+    let c = start(&[]).await;
+    let leader = c.must_leader().await;
+    let f = (leader + 1) % 3;
+    let writer = ("writer", "writer-pw");
+    let put = |value: &'static str, cond: (&'static str, String)| {
+        c.client
+            .put(c.nodes[f].url("/key/lock"))
+            .basic_auth(writer.0, Some(writer.1))
+            .header("X-Hraftd-Forward", "1")
+            .header(cond.0, cond.1)
+            .body(value)
+            .send()
+    };
+    let r = put("alice", ("If-None-Match", "*".into())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key("x-hraftd-forwarded-by"));
+    let index = r.json::<serde_json::Value>().await.unwrap()["index"]
+        .as_u64()
+        .unwrap();
+    let r = put("bob", ("If-None-Match", "*".into())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let r = put("bob", ("If-Match", format!("\"{}\"", index + 1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        c.must_get(leader, "lock", "consistent").await.as_deref(),
+        Some("alice")
+    );
+
+    let r = send(&c, f, reqwest::Method::GET, "/key/lock", "", writer, "1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["etag"].to_str().unwrap(),
+        format!("\"{index}\"")
+    );
+    assert!(r.headers().contains_key("x-hraftd-index"));
+}
