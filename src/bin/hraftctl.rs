@@ -231,25 +231,48 @@ async fn run(a: Args) -> Result<(), Failure> {
             });
         }
         Command::Ls { prefix, keys_only } => {
+            // Page by page (each page consistent in itself), printed as it comes: memory
+            // holds one page however many keys there are.
             let mut q = RangeQuery::prefix(prefix);
             q.keys_only = *keys_only;
-            let kvs = c.range_all(&q, read).await?;
-            let v = serde_json::to_value(&kvs).expect("keys encode");
-            print(a.json, v, || {
-                let mut t = String::from("KEY\tVERSION\tMOD_INDEX\tCREATE_INDEX");
-                t += if *keys_only { "\n" } else { "\tVALUE\n" };
-                for kv in &kvs {
-                    t += &format!(
-                        "{}\t{}\t{}\t{}",
-                        kv.key, kv.version, kv.mod_index, kv.create_index
-                    );
-                    match &kv.value {
-                        Some(v) => t += &format!("\t{v}\n"),
-                        None => t += "\n",
+            let mut out = std::io::stdout().lock();
+            let mut first = true;
+            if a.json {
+                write!(out, "[").context("writing")?;
+            } else {
+                let value = if *keys_only { "" } else { "\tVALUE" };
+                writeln!(out, "KEY\tVERSION\tMOD_INDEX\tCREATE_INDEX{value}").context("writing")?;
+            }
+            loop {
+                let page = c.range(&q, read).await?;
+                for kv in &page.kvs {
+                    if a.json {
+                        let sep = if first { "" } else { "," };
+                        let kv = serde_json::to_string(kv).expect("a key encodes");
+                        write!(out, "{sep}{kv}").context("writing")?;
+                    } else {
+                        write!(
+                            out,
+                            "{}\t{}\t{}\t{}",
+                            kv.key, kv.version, kv.mod_index, kv.create_index
+                        )
+                        .context("writing")?;
+                        match &kv.value {
+                            Some(v) => writeln!(out, "\t{v}"),
+                            None => writeln!(out),
+                        }
+                        .context("writing")?;
                     }
+                    first = false;
                 }
-                t
-            });
+                match page.next {
+                    Some(next) if page.more => q.after = Some(next),
+                    _ => break,
+                }
+            }
+            if a.json {
+                writeln!(out, "]").context("writing")?;
+            }
         }
         Command::Txn => {
             let mut body = String::new();
