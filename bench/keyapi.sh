@@ -36,8 +36,8 @@ if [ -z "${BIN:-}" ]; then
 fi
 
 wait_http() { # url
-  for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for $1" >&2; return 1
+  for _ in $(seq 1 600); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for $1; node logs:" >&2; tail -n 5 "$WORK"/*.log >&2; return 1
 }
 
 start_cluster() { # base port
