@@ -10,23 +10,38 @@ use crate::common::free_port;
 use crate::common::TestCluster;
 
 /// Runs `hraftctl` with `args`, the environment variables `env` (and no inherited
-/// `HRAFTD_*`) and a deadline; panics if it cannot run or hangs.
-async fn hraftctl(env: &[(&str, &str)], args: &[&str]) -> Output {
+/// `HRAFTD_*`), `stdin` as its standard input (none: empty) and a deadline; panics if it
+/// cannot run or hangs.
+async fn hraftctl_with(env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hraftctl"));
     cmd.args(args)
         .env_remove("HRAFTD_ENDPOINTS")
         .env_remove("HRAFTD_PASSWORD")
         .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("running hraftctl {args:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("hraftctl {args:?} did not finish within 60 s"))
         .unwrap_or_else(|e| panic!("running hraftctl {args:?}: {e}"))
 }
 
-/// Runs `hraftctl` and requires exit code `code`; returns its standard output.
-async fn must(code: i32, env: &[(&str, &str)], args: &[&str]) -> String {
-    let out = hraftctl(env, args).await;
+async fn hraftctl(env: &[(&str, &str)], args: &[&str]) -> Output {
+    hraftctl_with(env, args, "").await
+}
+
+/// Runs `hraftctl` with `stdin` and requires exit code `code`; returns its standard output.
+async fn must_with_stdin(code: i32, env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
+    let out = hraftctl_with(env, args, stdin).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
@@ -35,6 +50,11 @@ async fn must(code: i32, env: &[(&str, &str)], args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Runs `hraftctl` and requires exit code `code`; returns its standard output.
+async fn must(code: i32, env: &[(&str, &str)], args: &[&str]) -> String {
+    must_with_stdin(code, env, args, "").await
 }
 
 #[tokio::test]
@@ -225,36 +245,6 @@ async fn hraftctl_acts_as_the_user_given_with_the_password_never_on_the_command_
     )
     .await;
     assert_eq!(out, "v\n");
-}
-
-/// Runs `hraftctl` with `stdin` as its standard input; requires exit code `code`.
-async fn must_with_stdin(code: i32, env: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hraftctl"));
-    cmd.args(args)
-        .env_remove("HRAFTD_ENDPOINTS")
-        .env_remove("HRAFTD_PASSWORD")
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn hraftctl");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("hraftctl {args:?} did not finish within 60 s"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "hraftctl {args:?}: stdout {stdout:?}, stderr {:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The README's coordination recipes, step by step: a lock with `--cas 0` and a release

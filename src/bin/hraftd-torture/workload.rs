@@ -53,6 +53,18 @@ impl History {
         self.ops.lock().unwrap().push(op);
     }
 
+    /// Records what client `client` did to `key` from `invoke` until now.
+    pub fn record(&self, client: usize, key: &str, kind: OpKind, invoke: u64, outcome: Outcome) {
+        self.push(Op {
+            client,
+            key: key.to_string(),
+            kind,
+            invoke,
+            complete: self.now(),
+            outcome,
+        });
+    }
+
     pub fn snapshot(&self) -> Vec<Op> {
         self.ops.lock().unwrap().clone()
     }
@@ -184,14 +196,7 @@ pub async fn run_op(
         },
         OpKind::Cas { .. } => unreachable!("taken by run_cas above"),
     };
-    history.push(Op {
-        client: client_id,
-        key: key.to_string(),
-        kind,
-        invoke,
-        complete: history.now(),
-        outcome,
-    });
+    history.record(client_id, key, kind, invoke, outcome);
     outcome
 }
 
@@ -211,27 +216,16 @@ pub async fn run_cas(
     let read = http
         .get_kv(key, client::ReadOpts::level(ReadLevel::Consistent))
         .await;
-    let record = |kind, invoke, outcome| Op {
-        client: client_id,
-        key: key.to_string(),
-        kind,
-        invoke,
-        complete: history.now(),
-        outcome,
-    };
+    let record = |kind, invoke, outcome| history.record(client_id, key, kind, invoke, outcome);
     let current = match read {
         Ok(kv) => kv,
         Err(_) => {
-            history.push(record(OpKind::Read(None), invoke, Outcome::Fail));
+            record(OpKind::Read(None), invoke, Outcome::Fail);
             return Outcome::Fail;
         }
     };
     let expect = current.as_ref().and_then(|kv| kv.value.clone());
-    history.push(record(
-        OpKind::Read(Some(expect.clone())),
-        invoke,
-        Outcome::Ok,
-    ));
+    record(OpKind::Read(Some(expect.clone())), invoke, Outcome::Ok);
     let at = current.map(|kv| kv.mod_index).unwrap_or(0);
     let invoke = history.now();
     let res = http.put_cas(key, &new, at).await;
@@ -243,7 +237,7 @@ pub async fn run_cas(
             other => (Some(false), other),
         },
     };
-    history.push(record(
+    record(
         OpKind::Cas {
             expect,
             new,
@@ -251,7 +245,7 @@ pub async fn run_cas(
         },
         invoke,
         outcome,
-    ));
+    );
     outcome
 }
 
