@@ -254,12 +254,9 @@ impl KvStore for Api {
     }
 
     async fn txn(&self, group: &str, t: wire::TxnRequest) -> Result<wire::TxnResponse, ApiError> {
-        let t = txn(t)?;
-        // What each result is about, from the branch that ran.
-        let (success, failure) = (t.success.clone(), t.failure.clone());
         let (index, outcome) = self
             .0
-            .group_write(group, Op::Txn(t))
+            .group_write(group, Op::Txn(txn(t)?))
             .await
             .map_err(api_error)?;
         let Outcome::Txn { succeeded, results } = outcome else {
@@ -267,34 +264,24 @@ impl KvStore for Api {
                 "a transaction was applied as {outcome:?}"
             )));
         };
-        let branch = if succeeded { success } else { failure };
-        let results = branch
+        let results = results
             .into_iter()
-            .zip(results)
-            .map(|(op, r)| {
-                use hraftd_store::TxnOp as T;
+            .map(|r| {
                 use hraftd_store::TxnResult as R;
-                match (op, r) {
-                    (T::Put { key, .. }, _) => wire::TxnOpResult::Put { key },
-                    (T::Delete { key }, R::Deleted { count }) => wire::TxnOpResult::Delete {
+                match r {
+                    R::Put { key } => wire::TxnOpResult::Put { key },
+                    R::Deleted { key, count } => wire::TxnOpResult::Delete {
                         key,
                         deleted: count,
                     },
-                    (T::DeletePrefix { prefix }, R::Deleted { count }) => {
-                        wire::TxnOpResult::DeletePrefix {
-                            prefix,
-                            deleted: count,
-                        }
-                    }
-                    (T::Get { key }, R::Get { kv }) => wire::TxnOpResult::Get {
+                    R::DeletedPrefix { prefix, count } => wire::TxnOpResult::DeletePrefix {
+                        prefix,
+                        deleted: count,
+                    },
+                    R::Get { key, kv } => wire::TxnOpResult::Get {
                         key,
                         kv: kv.map(|kv| key_value(kv, true)),
                     },
-                    (T::Delete { key }, _) => wire::TxnOpResult::Delete { key, deleted: 0 },
-                    (T::DeletePrefix { prefix }, _) => {
-                        wire::TxnOpResult::DeletePrefix { prefix, deleted: 0 }
-                    }
-                    (T::Get { key }, _) => wire::TxnOpResult::Get { key, kv: None },
                 }
             })
             .collect();

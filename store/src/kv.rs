@@ -156,8 +156,15 @@ impl<'a> Applier<'a> {
     }
 
     fn put(&mut self, key: String, value: String, index: u64) -> io::Result<()> {
-        let meta = match self.current(&key)? {
-            Some((m, _)) => KeyMeta {
+        let current = self.current(&key)?.map(|(m, _)| m);
+        self.put_over(key, value, index, current);
+        Ok(())
+    }
+
+    /// Sets `key`, whose metadata is `current` (`None`: it does not exist), at `index`.
+    fn put_over(&mut self, key: String, value: String, index: u64, current: Option<KeyMeta>) {
+        let meta = match current {
+            Some(m) => KeyMeta {
                 create_index: m.create_index,
                 mod_index: index,
                 version: m.version + 1,
@@ -169,7 +176,6 @@ impl<'a> Applier<'a> {
             },
         };
         self.pending.insert(key, Some((meta, value)));
-        Ok(())
     }
 
     /// Deletes `key`; says whether it existed.
@@ -254,17 +260,20 @@ impl<'a> Applier<'a> {
         for op in branch {
             results.push(match op {
                 TxnOp::Put { key, value } => {
-                    self.put(key, value, index)?;
-                    TxnResult::Put
+                    self.put(key.clone(), value, index)?;
+                    TxnResult::Put { key }
                 }
-                TxnOp::Delete { key } => TxnResult::Deleted {
-                    count: u64::from(self.delete(key)?),
-                },
-                TxnOp::DeletePrefix { prefix } => TxnResult::Deleted {
+                TxnOp::Delete { key } => {
+                    let count = u64::from(self.delete(key.clone())?);
+                    TxnResult::Deleted { key, count }
+                }
+                TxnOp::DeletePrefix { prefix } => TxnResult::DeletedPrefix {
                     count: self.delete_prefix(&prefix)?,
+                    prefix,
                 },
                 TxnOp::Get { key } => TxnResult::Get {
                     kv: self.current_kv(&key)?,
+                    key,
                 },
             });
         }
@@ -286,15 +295,17 @@ impl<'a> Applier<'a> {
             }
             Op::Cas { key, value, expect } => {
                 let cur = self.current_kv(&key)?;
-                let at = cur.as_ref().map(|kv| kv.meta.mod_index).unwrap_or(0);
-                if at != expect {
+                let meta = cur.as_ref().map(|kv| kv.meta);
+                if meta.map(|m| m.mod_index).unwrap_or(0) != expect {
                     return Ok(Outcome::CasFailed { current: cur });
                 }
-                match value {
-                    Some(v) => self.put(key, v, index)?,
-                    None => {
-                        self.delete(key)?;
+                // The key was just read: set or delete it without reading it again.
+                match (value, meta) {
+                    (Some(v), _) => self.put_over(key, v, index, meta),
+                    (None, Some(_)) => {
+                        self.pending.insert(key, None);
                     }
+                    (None, None) => {}
                 }
                 Outcome::Done
             }

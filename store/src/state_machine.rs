@@ -927,7 +927,9 @@ mod tests {
                 succeeded: false,
                 results,
             } => match &results[..] {
-                [TxnResult::Get { kv: Some(kv) }] => assert_eq!(kv.value, "new"),
+                [TxnResult::Get { key, kv: Some(kv) }] => {
+                    assert_eq!((key.as_str(), kv.value.as_str()), ("a", "new"))
+                }
                 other => panic!("{other:?}"),
             },
             other => panic!("{other:?}"),

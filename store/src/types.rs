@@ -151,15 +151,24 @@ pub enum Outcome {
     },
 }
 
-/// What one [`TxnOp`] gave.
+/// What one [`TxnOp`] gave, naming the key (or prefix) it was about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnResult {
-    Put,
-    /// How many keys were deleted (0 or 1 for a single key).
+    Put {
+        key: String,
+    },
+    /// Whether the key existed (0 or 1).
     Deleted {
+        key: String,
+        count: u64,
+    },
+    /// How many keys under the prefix were deleted.
+    DeletedPrefix {
+        prefix: String,
         count: u64,
     },
     Get {
+        key: String,
         kv: Option<KeyValue>,
     },
 }
