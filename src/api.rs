@@ -50,6 +50,10 @@ fn api_error(e: Error) -> ApiError {
         Error::GroupNotFound(m) => ApiError::GroupNotFound(m),
         Error::Forbidden(m) => ApiError::Forbidden(m),
         Error::Conflict(m) => ApiError::Conflict(m),
+        Error::Compacted { oldest } => ApiError::Compacted {
+            message: e.to_string(),
+            oldest,
+        },
         Error::Storage(_) | Error::Io { .. } | Error::Raft { .. } => {
             ApiError::Internal(e.to_string())
         }
@@ -87,6 +91,34 @@ fn key_value(kv: hraftd_store::KeyValue, with_value: bool) -> wire::KeyValue {
         create_index: kv.meta.create_index,
         mod_index: kv.meta.mod_index,
         version: kv.meta.version,
+        lease: lease_id(kv.meta.lease),
+    }
+}
+
+/// A lease id as the wire shows it (`None` for no lease).
+fn lease_id(id: u64) -> Option<String> {
+    (id != 0).then(|| id.to_string())
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `412` of a compare-and-set that found `key` elsewhere than `expect`.
+fn cas_failed(key: &str, expect: u64, current: Option<hraftd_store::KeyValue>) -> ApiError {
+    let message = match &current {
+        Some(kv) if expect == 0 => {
+            format!("key {key:?} exists (mod_index {})", kv.meta.mod_index)
+        }
+        Some(kv) => format!(
+            "key {key:?} is at mod_index {}, not {expect}",
+            kv.meta.mod_index
+        ),
+        None => format!("key {key:?} does not exist (expected mod_index {expect})"),
+    };
+    ApiError::PreconditionFailed {
+        message,
+        current: current.map(|kv| key_value(kv, true)),
     }
 }
 
@@ -126,24 +158,121 @@ fn txn(t: wire::TxnRequest) -> Result<hraftd_store::Txn, ApiError> {
             op,
         });
     }
-    let ops = |ops: Vec<wire::TxnOp>| -> Vec<TxnOp> {
+    let ops = |ops: Vec<wire::TxnOp>| -> Result<Vec<TxnOp>, ApiError> {
         ops.into_iter()
             .map(|o| match o {
-                wire::TxnOp::Put { key, value } => TxnOp::Put { key, value },
-                wire::TxnOp::Delete { key } => TxnOp::Delete { key },
-                wire::TxnOp::DeletePrefix { prefix } => TxnOp::DeletePrefix { prefix },
-                wire::TxnOp::Get { key } => TxnOp::Get { key },
+                wire::TxnOp::Put {
+                    key,
+                    value,
+                    lease: None,
+                } => Ok(TxnOp::Put { key, value }),
+                // Checked by the HTTP layer: a positive integer.
+                wire::TxnOp::Put {
+                    key,
+                    value,
+                    lease: Some(l),
+                } => Ok(TxnOp::PutLease {
+                    key,
+                    value,
+                    lease: l
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ApiError::BadRequest(format!("lease id {l:?}")))?,
+                }),
+                wire::TxnOp::Delete { key } => Ok(TxnOp::Delete { key }),
+                wire::TxnOp::DeletePrefix { prefix } => Ok(TxnOp::DeletePrefix { prefix }),
+                wire::TxnOp::Get { key } => Ok(TxnOp::Get { key }),
             })
             .collect()
     };
     Ok(hraftd_store::Txn {
         compare,
-        success: ops(t.success),
-        failure: ops(t.failure),
+        success: ops(t.success)?,
+        failure: ops(t.failure)?,
     })
 }
 
+/// A store watch, as the HTTP layer consumes it.
+pub struct ApiWatch(hraftd_store::Watch);
+
+impl hraftd_httpd::WatchStream for ApiWatch {
+    fn start_index(&self) -> u64 {
+        self.0.start_index()
+    }
+
+    async fn next(&mut self) -> Result<hraftd_httpd::WatchBatch, hraftd_httpd::WatchEnded> {
+        use hraftd_httpd::WatchEnded;
+        match self.0.next().await {
+            Ok((index, changes)) => Ok(hraftd_httpd::WatchBatch {
+                index,
+                events: changes.into_iter().map(watch_event).collect(),
+            }),
+            Err(hraftd_store::WatchEnd::Compacted { oldest }) => {
+                Err(WatchEnded::Compacted { oldest })
+            }
+            Err(hraftd_store::WatchEnd::Slow) => Err(WatchEnded::Slow),
+            Err(hraftd_store::WatchEnd::Closed) => Err(WatchEnded::Closed),
+        }
+    }
+}
+
+fn watch_event(c: hraftd_store::Change) -> wire::WatchEvent {
+    let kind = match c.value {
+        Some(_) => wire::EventKind::Put,
+        None => wire::EventKind::Delete,
+    };
+    wire::WatchEvent {
+        kind,
+        kv: wire::KeyValue {
+            key: c.key,
+            value: c.value,
+            create_index: c.meta.create_index,
+            mod_index: c.meta.mod_index,
+            version: c.meta.version,
+            lease: lease_id(c.meta.lease),
+        },
+    }
+}
+
 impl KvStore for Api {
+    type Watch = ApiWatch;
+
+    async fn watch(
+        &self,
+        group: &str,
+        target: hraftd_httpd::WatchTarget,
+        from: Option<u64>,
+    ) -> Result<ApiWatch, ApiError> {
+        let spec = match target {
+            hraftd_httpd::WatchTarget::Key(k) => hraftd_store::WatchSpec::Key(k),
+            hraftd_httpd::WatchTarget::Prefix(p) => hraftd_store::WatchSpec::Prefix(p),
+        };
+        self.0
+            .group_watch(group, spec, from)
+            .await
+            .map(ApiWatch)
+            .map_err(api_error)
+    }
+
+    async fn get_after(
+        &self,
+        group: &str,
+        key: &str,
+        opts: &ReadOptions,
+        after: u64,
+    ) -> Result<Read<Option<wire::KeyValue>>, ApiError> {
+        let r = self
+            .0
+            .group_get_after(group, key, &read_opts(opts), after, opts.wait)
+            .await
+            .map_err(api_error)?;
+        Ok(Read {
+            index: r.index,
+            value: r.value.map(|kv| key_value(kv, true)),
+        })
+    }
+
     async fn get(
         &self,
         group: &str,
@@ -212,24 +341,98 @@ impl KvStore for Api {
             expect,
         };
         match self.0.group_write(group, op).await.map_err(api_error)? {
-            (_, Outcome::CasFailed { current }) => {
-                let message = match &current {
-                    Some(kv) if expect == 0 => {
-                        format!("key {key:?} exists (mod_index {})", kv.meta.mod_index)
-                    }
-                    Some(kv) => format!(
-                        "key {key:?} is at mod_index {}, not {expect}",
-                        kv.meta.mod_index
-                    ),
-                    None => format!("key {key:?} does not exist (expected mod_index {expect})"),
-                };
-                Err(ApiError::PreconditionFailed {
-                    message,
-                    current: current.map(|kv| key_value(kv, true)),
-                })
-            }
+            (_, Outcome::CasFailed { current }) => Err(cas_failed(&key, expect, current)),
             (index, _) => Ok(index),
         }
+    }
+
+    async fn put_leased(
+        &self,
+        group: &str,
+        key: String,
+        value: String,
+        expect: Option<u64>,
+        lease: hraftd_httpd::LeaseArg,
+    ) -> Result<wire::WriteResponse, ApiError> {
+        let (lease, ttl_ms) = match lease {
+            hraftd_httpd::LeaseArg::Id(id) => (id, 0),
+            hraftd_httpd::LeaseArg::Ttl(t) => (0, self.0.check_ttl(group, t).map_err(api_error)?),
+        };
+        let op = Op::Put {
+            key: key.clone(),
+            value,
+            lease,
+            ttl_ms,
+            expect,
+        };
+        match self.0.group_write(group, op).await.map_err(api_error)? {
+            (_, Outcome::CasFailed { current }) => {
+                Err(cas_failed(&key, expect.unwrap_or(0), current))
+            }
+            (_, Outcome::NoLease { id }) => {
+                Err(ApiError::NotFound(format!("lease {id} not found")))
+            }
+            (index, Outcome::LeaseGranted { id }) => Ok(wire::WriteResponse {
+                index,
+                lease: Some(id.to_string()),
+            }),
+            (index, _) => Ok(wire::WriteResponse { index, lease: None }),
+        }
+    }
+
+    async fn lease_grant(
+        &self,
+        group: &str,
+        ttl: std::time::Duration,
+    ) -> Result<wire::LeaseResponse, ApiError> {
+        let (id, index) = self
+            .0
+            .group_lease_grant(group, ttl)
+            .await
+            .map_err(api_error)?;
+        Ok(wire::LeaseResponse {
+            id: id.to_string(),
+            ttl_ms: millis(ttl),
+            index: Some(index),
+        })
+    }
+
+    async fn lease_keepalive(&self, group: &str, id: u64) -> Result<wire::LeaseResponse, ApiError> {
+        let ttl = self
+            .0
+            .group_lease_keepalive(group, id)
+            .await
+            .map_err(api_error)?;
+        Ok(wire::LeaseResponse {
+            id: id.to_string(),
+            ttl_ms: millis(ttl),
+            index: None,
+        })
+    }
+
+    async fn lease(&self, group: &str, id: u64) -> Result<wire::LeaseInfo, ApiError> {
+        let v = self
+            .0
+            .group_lease(group, id, 1000)
+            .await
+            .map_err(api_error)?;
+        Ok(wire::LeaseInfo {
+            id: v.id.to_string(),
+            ttl_ms: millis(v.ttl),
+            remaining_ms: millis(v.remaining),
+            granted_index: v.granted_index,
+            keys: v.keys,
+            more: v.more,
+        })
+    }
+
+    async fn lease_revoke(&self, group: &str, id: u64) -> Result<wire::DeletedResponse, ApiError> {
+        let (index, deleted) = self
+            .0
+            .group_lease_revoke(group, id)
+            .await
+            .map_err(api_error)?;
+        Ok(wire::DeletedResponse { index, deleted })
     }
 
     async fn delete_prefix(
@@ -259,6 +462,9 @@ impl KvStore for Api {
             .group_write(group, Op::Txn(txn(t)?))
             .await
             .map_err(api_error)?;
+        if let Outcome::NoLease { id } = outcome {
+            return Err(ApiError::NotFound(format!("lease {id} not found")));
+        }
         let Outcome::Txn { succeeded, results } = outcome else {
             return Err(ApiError::Internal(format!(
                 "a transaction was applied as {outcome:?}"

@@ -63,6 +63,17 @@ pub struct Args {
     /// Build a snapshot and purge the log every N applied entries.
     #[arg(long = "snapshot-threshold", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
+    /// Changes each Raft group keeps for watches (`GET /watch?from=`): a watch may start
+    /// at most this many changes back (also bounded to 256 MiB of records).
+    #[arg(long = "watch-history", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub watch_history: u64,
+    /// Most watch streams (and blocking reads) this node holds at once; past it, 503.
+    #[arg(long = "max-watchers", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_watchers: u64,
+    /// How often an idle watch stream gets a comment line (keeps proxies from closing it;
+    /// also how soon a node notices a watcher that went away).
+    #[arg(long = "watch-keepalive", default_value = "10s", value_parser = duration)]
+    pub watch_keepalive: Duration,
     /// Largest accepted request body, in bytes.
     #[arg(long = "body-limit", default_value_t = 1 << 20)]
     pub body_limit: usize,
@@ -330,6 +341,7 @@ pub fn node_options(args: &Args, id: &str, radv: &str, hadv: &str) -> anyhow::Re
     }
     let mut opts = Options::new(id, radv, hadv, &args.data_dir);
     opts.snapshot_threshold = args.snapshot_threshold;
+    opts.watch_history = args.watch_history;
     opts.write_timeout = args.write_timeout;
     opts.read_timeout = args.write_timeout;
     opts.catch_up_timeout = args.catch_up_timeout;

@@ -254,6 +254,8 @@ async fn run() -> anyhow::Result<()> {
         auth,
         tls,
         forward: Some(Arc::new(forward)),
+        watchers: Arc::new(hraftd_httpd::watch::Limit::new(args.max_watchers as usize)),
+        keepalive: args.watch_keepalive.max(Duration::from_millis(100)),
         ..Settings::default()
     };
     let api = Arc::new(api::Api(store.clone()));

@@ -68,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         success: vec![TxnOp::Put {
             key: "config/example/version".into(),
             value: next.to_string(),
+            lease: None,
         }],
         failure: vec![],
     };

@@ -418,6 +418,19 @@ impl Client {
         body: Option<Vec<u8>>,
         headers: &[(&str, String)],
     ) -> Result<(String, reqwest::Response)> {
+        self.send_for(method, path, body, headers, None).await
+    }
+
+    /// [`Client::send`] with its own overall timeout (`None`: the client's), for answers
+    /// that stream for long (watches).
+    async fn send_for(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<(String, reqwest::Response)> {
         let n = self.endpoints.len().max(1);
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
@@ -427,7 +440,10 @@ impl Client {
                 break;
             };
             let url = format!("{}{path}", base_url(endpoint));
-            match self.send_following(&method, url, &body, headers).await {
+            match self
+                .send_following(&method, url, &body, headers, timeout)
+                .await
+            {
                 Ok(resp) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok((endpoint.clone(), resp));
@@ -460,10 +476,14 @@ impl Client {
         mut url: String,
         body: &Option<Vec<u8>>,
         headers: &[(&str, String)],
+        timeout: Option<Duration>,
     ) -> Result<reqwest::Response, reqwest::Error> {
         let mut hops = 0;
         loop {
             let mut req = self.http.request(method.clone(), &url);
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
             for (name, value) in headers {
                 req = req.header(*name, value);
             }
@@ -588,6 +608,68 @@ impl Client {
             .call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
             .await?;
         Ok(r.index)
+    }
+
+    /// `PUT /key/<key>?lease=<id>` (and `&cas=<expect>` when given): sets `key` attached
+    /// to a lease, so it goes when the lease does.
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: &str,
+        lease: &str,
+        expect: Option<u64>,
+    ) -> Result<u64> {
+        let mut path = format!("{}?lease={}", self.key_path(key), query_value(lease));
+        if let Some(e) = expect {
+            path.push_str(&format!("&cas={e}"));
+        }
+        let r: wire::WriteResponse = self
+            .call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
+            .await?;
+        Ok(r.index)
+    }
+
+    /// `PUT /key/<key>?ttl=<ms>ms`: sets `key` with a lease of its own; returns the write
+    /// (its `lease` is the new lease's id).
+    pub async fn put_ttl(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<wire::WriteResponse> {
+        let path = format!("{}?ttl={}ms", self.key_path(key), ttl.as_millis());
+        self.call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
+            .await
+    }
+
+    /// `POST /lease {"ttl":"<ms>ms"}`: a new lease.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<wire::LeaseResponse> {
+        let body = serde_json::json!({ "ttl": format!("{}ms", ttl.as_millis()) });
+        self.call(
+            Method::POST,
+            &self.group_path("/lease"),
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /lease/<id>/keepalive`: restarts the lease's countdown; answers its TTL.
+    pub async fn lease_keepalive(&self, id: &str) -> Result<wire::LeaseResponse> {
+        let path = self.group_path(&format!("/lease/{}/keepalive", query_value(id)));
+        self.call(Method::POST, &path, None, &[]).await
+    }
+
+    /// `GET /lease/<id>`: its TTL, time left and keys.
+    pub async fn lease_info(&self, id: &str) -> Result<wire::LeaseInfo> {
+        let path = self.group_path(&format!("/lease/{}", query_value(id)));
+        self.call(Method::GET, &path, None, &[]).await
+    }
+
+    /// `DELETE /lease/<id>`: revokes it and deletes its keys in one entry.
+    pub async fn lease_revoke(&self, id: &str) -> Result<wire::DeletedResponse> {
+        let path = self.group_path(&format!("/lease/{}", query_value(id)));
+        self.call(Method::DELETE, &path, None, &[]).await
     }
 
     /// `DELETE /key/<key>?cas=<expect>`: deletes `key` only if its `mod_index` is `expect`.
@@ -754,6 +836,54 @@ impl Client {
         Err(api_error(endpoint, status, None, &bytes))
     }
 
+    /// `GET /watch?key=` or `?prefix=` (in this client's group), after index `from`
+    /// (`None`: from now). The stream is read with [`Watcher::next`]; to resume after it
+    /// ends, watch again from [`Watcher::last_index`] (on any node).
+    pub async fn watch(&self, target: &WatchTarget, from: Option<u64>) -> Result<Watcher> {
+        let mut path = match target {
+            WatchTarget::Key(k) => format!("{}?key={}", self.group_path("/watch"), query_value(k)),
+            WatchTarget::Prefix(p) => {
+                format!("{}?prefix={}", self.group_path("/watch"), query_value(p))
+            }
+        };
+        if let Some(f) = from {
+            path.push_str(&format!("&from={f}"));
+        }
+        // The stream has no end: idleness is watched by `Watcher::next` instead.
+        let forever = Duration::from_secs(365 * 86_400);
+        let (endpoint, resp) = self
+            .send_for(Method::GET, &path, None, &[], Some(forever))
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let bytes = resp.bytes().await.map_err(|e| Error::Transport {
+                endpoint: endpoint.clone(),
+                source: e,
+            })?;
+            return Err(api_error(endpoint, status, location, &bytes));
+        }
+        let start = resp
+            .headers()
+            .get("x-hraftd-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(from.unwrap_or(0));
+        Ok(Watcher {
+            resp,
+            endpoint,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            last: start,
+            start,
+            idle: WATCH_IDLE,
+        })
+    }
+
     /// `GET /metrics` (Prometheus text).
     pub async fn metrics(&self) -> Result<String> {
         let (endpoint, resp) = self.send(Method::GET, "/metrics", None, &[]).await?;
@@ -762,6 +892,149 @@ impl Client {
             source: e,
         })
     }
+}
+
+/// Which keys a watch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchTarget {
+    Key(String),
+    /// Every key that starts with this (`""`: every key).
+    Prefix(String),
+}
+
+/// What a watch stream gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    /// The changes of one log entry to watched keys.
+    Entry {
+        index: u64,
+        events: Vec<wire::WatchEvent>,
+    },
+    /// The server ended the stream, saying why (`compacted`, `slow_consumer`, ...).
+    End(wire::WatchEndBody),
+}
+
+/// How long a watch stream may stay silent (the server sends a comment every 10 s)
+/// before [`Watcher::next`] gives up on it.
+pub const WATCH_IDLE: Duration = Duration::from_secs(35);
+
+/// A running watch (see [`Client::watch`]).
+#[derive(Debug)]
+pub struct Watcher {
+    resp: reqwest::Response,
+    endpoint: String,
+    /// Bytes received but not yet a whole event.
+    buf: Vec<u8>,
+    /// Events of the entry being received (its last event carries the index).
+    pending: Vec<wire::WatchEvent>,
+    /// The index of the last whole entry received (or where the watch started).
+    last: u64,
+    start: u64,
+    idle: Duration,
+}
+
+impl Watcher {
+    /// The index the server started the watch after.
+    pub fn start_index(&self) -> u64 {
+        self.start
+    }
+
+    /// Where to resume: every change up to here has been handed out.
+    pub fn last_index(&self) -> u64 {
+        self.last
+    }
+
+    /// The node that serves this watch.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// How long the stream may be silent before `next` fails (default [`WATCH_IDLE`]).
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
+    /// The next entry, or the server's reason for ending; `Ok(None)` when the connection
+    /// closed without one. An entry is handed out only whole.
+    pub async fn next(&mut self) -> Result<Option<WatchItem>> {
+        loop {
+            while let Some(end) = find_block(&self.buf) {
+                let block: Vec<u8> = self.buf.drain(..end).collect();
+                if let Some(item) = self.parse_block(&block)? {
+                    return Ok(Some(item));
+                }
+            }
+            let chunk = tokio::time::timeout(self.idle, self.resp.chunk()).await;
+            match chunk {
+                Err(_) => {
+                    return Err(Error::Decode {
+                        endpoint: self.endpoint.clone(),
+                        detail: format!("the watch stream was silent for {:?}", self.idle),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Transport {
+                        endpoint: self.endpoint.clone(),
+                        source: e,
+                    })
+                }
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some(c))) => self.buf.extend_from_slice(&c),
+            }
+        }
+    }
+
+    /// One event block (without its blank line); `None` for a comment or an event that
+    /// does not end an entry.
+    // The crate's one error type, as every call returns it.
+    #[allow(clippy::result_large_err)]
+    fn parse_block(&mut self, block: &[u8]) -> Result<Option<WatchItem>> {
+        let text = String::from_utf8_lossy(block);
+        let (mut event, mut data, mut id) = (None, String::new(), None);
+        for line in text.split('\n') {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = Some(value.to_string()),
+                "data" => data.push_str(value),
+                "id" => id = value.parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        let bad = |detail: String| Error::Decode {
+            endpoint: self.endpoint.clone(),
+            detail,
+        };
+        let kind = match event.as_deref() {
+            None => return Ok(None),
+            Some("error") => {
+                let body = serde_json::from_str(&data)
+                    .map_err(|e| bad(format!("watch end event {data:?}: {e}")))?;
+                return Ok(Some(WatchItem::End(body)));
+            }
+            Some("put") => wire::EventKind::Put,
+            Some("delete") => wire::EventKind::Delete,
+            Some(other) => return Err(bad(format!("unknown watch event {other:?}"))),
+        };
+        let kv =
+            serde_json::from_str(&data).map_err(|e| bad(format!("watch event {data:?}: {e}")))?;
+        self.pending.push(wire::WatchEvent { kind, kv });
+        match id {
+            None => Ok(None),
+            Some(index) => {
+                self.last = index;
+                Ok(Some(WatchItem::Entry {
+                    index,
+                    events: std::mem::take(&mut self.pending),
+                }))
+            }
+        }
+    }
+}
+
+/// Where the first whole event block in `buf` ends, its blank line included.
+fn find_block(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
 }
 
 /// The error an answer with a non-`2xx` `status` and body `bytes` stands for.

@@ -120,9 +120,43 @@ pub struct RemoveResponse {
 
 /// The answer to a write (`POST /key`, `PUT /key/<k>`, `DELETE`): the log index of the
 /// entry that applied it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResponse {
     pub index: u64,
+    /// With `PUT /key/<k>?ttl=`: the id of the lease granted for the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+/// `POST /lease` body: the lease's TTL, `"10s"`, `"1500ms"` or a number of seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub ttl: serde_json::Value,
+}
+
+/// `POST /lease` and `POST /lease/<id>/keepalive` answer: the lease and its TTL (after a
+/// keepalive: the time it has left again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub id: String,
+    pub ttl_ms: u64,
+    /// The log index that granted it (`POST /lease` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// `GET /lease/<id>`: the lease as its group's leader counts it, and its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub ttl_ms: u64,
+    /// Time left before it expires unless kept alive.
+    pub remaining_ms: u64,
+    pub granted_index: u64,
+    /// The keys attached to it (at most 1000; `more` says whether there are others).
+    pub keys: Vec<String>,
+    pub more: bool,
 }
 
 /// One key with its metadata: `GET /key/<k>?meta=true`, range pages, `get` results of a
@@ -139,6 +173,9 @@ pub struct KeyValue {
     pub mod_index: u64,
     /// 1 at creation, +1 per change.
     pub version: u64,
+    /// The lease the key is attached to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// One page of `GET /key?prefix=` (or `?from=&to=`): keys in byte order, all read at
@@ -208,10 +245,22 @@ pub enum CompareOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TxnOp {
-    Put { key: String, value: String },
-    Delete { key: String },
-    DeletePrefix { prefix: String },
-    Get { key: String },
+    /// With `lease`, the key is attached to that lease (see `POST /lease`).
+    Put {
+        key: String,
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<String>,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
 }
 
 /// `POST /txn` answer.
@@ -353,6 +402,9 @@ pub enum ErrorCode {
     Timeout,
     /// 504: a write was proposed but not seen committed: it may or may not apply.
     OutcomeUnknown,
+    /// 410: a watch asked for changes the history no longer holds; `oldest_index` says
+    /// from where it does (read the keys with a range, then watch from its `index`).
+    Compacted,
     /// 500: a storage or Raft failure on the node.
     Internal,
     /// A code this client version does not know (a newer server).
@@ -377,13 +429,14 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::Compacted => "compacted",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
     }
 
     /// Every code a server sends, for documentation checks.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -398,6 +451,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
         ErrorCode::OutcomeUnknown,
+        ErrorCode::Compacted,
         ErrorCode::Internal,
     ];
 }
@@ -416,6 +470,45 @@ pub struct ErrorBody {
     /// not exist (which reads back as `None`, as does its absence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<serde_json::Value>,
+    /// With `compacted`: the oldest index a watch may start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<u64>,
+}
+
+/// What happened to a key, in a watch (the SSE `event:` name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
+        }
+    }
+}
+
+/// One change in a watch: `event: put|delete`, `data:` the key as a [`KeyValue`] (after a
+/// delete: no value, `mod_index` the delete's index, `create_index` and `version` 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+/// The `data:` of the last event of a watch that the server ended (`event: error`): why,
+/// as in [`ErrorBody`] (`code` `slow_consumer`, `compacted` with `oldest_index`, or
+/// `unavailable` when the node stops).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEndBody {
+    pub error: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_index: Option<u64>,
 }
 
 #[cfg(test)]

@@ -79,6 +79,19 @@ pub fn required(pattern: &str, method: &Method) -> Option<Perm> {
             Perm::Admin
         }),
         "/status" | "/groups/{group}/status" => Some(Perm::Read),
+        "/watch" | "/groups/{group}/watch" => Some(Perm::Read),
+        "/lease"
+        | "/lease/{id}"
+        | "/lease/{id}/keepalive"
+        | "/groups/{group}/lease"
+        | "/groups/{group}/lease/{id}"
+        | "/groups/{group}/lease/{id}/keepalive" => {
+            Some(if *method == Method::GET || *method == Method::HEAD {
+                Perm::Read
+            } else {
+                Perm::Write
+            })
+        }
         // A transaction may write, whatever its branches hold.
         "/txn" | "/groups/{group}/txn" => Some(Perm::Write),
         // Unknown paths answer 404 whoever asks; they reveal nothing.

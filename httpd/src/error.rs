@@ -62,6 +62,9 @@ pub enum ApiError {
         message: String,
         current: Option<hraftd_client::wire::KeyValue>,
     },
+    /// A watch asked for changes the history no longer holds; it starts after `oldest`.
+    #[error("{message}")]
+    Compacted { message: String, oldest: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PreconditionFailed { .. } => ErrorCode::PreconditionFailed,
+            ApiError::Compacted { .. } => ErrorCode::Compacted,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -104,6 +108,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::Compacted => StatusCode::GONE,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotLeader => StatusCode::TEMPORARY_REDIRECT,
         ErrorCode::NoLeader | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,6 +166,10 @@ impl ResponseError for ApiError {
             code,
             leader: leader.clone(),
             current,
+            oldest_index: match self {
+                ApiError::Compacted { oldest, .. } => Some(*oldest),
+                _ => None,
+            },
         });
         if let Some(l) = leader {
             resp.extensions_mut().insert(RedirectTo(l));

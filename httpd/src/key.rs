@@ -62,7 +62,7 @@ pub(crate) async fn read_body(
 }
 
 /// The query string's parameters, decoded strictly (see the module docs).
-fn query(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn query(req: &HttpRequest) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for part in req.query_string().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -101,7 +101,7 @@ fn path_key(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// The group a key request is for: `/groups/<g>/...`, else the default group.
-fn group(req: &HttpRequest) -> Result<String, ApiError> {
+pub(crate) fn group(req: &HttpRequest) -> Result<String, ApiError> {
     match req.match_info().get("group") {
         None => Ok(crate::DEFAULT_GROUP.to_string()),
         Some(g) => crate::groups::valid_group(g).map(str::to_string),
@@ -120,7 +120,7 @@ fn level(q: &HashMap<String, String>) -> Result<ReadLevel, ApiError> {
 }
 
 /// A key must be non-empty and at most `max` bytes.
-fn valid_key(key: &str, max: usize) -> Result<(), ApiError> {
+pub(crate) fn valid_key(key: &str, max: usize) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::BadRequest("key must not be empty".into()));
     }
@@ -169,7 +169,7 @@ pub(crate) fn query_level(req: &HttpRequest) -> Result<ReadLevel, ApiError> {
 }
 
 /// A `true`/`false` query parameter (absent: false).
-fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+pub(crate) fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
     match q.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") | Some("") => Ok(true),
@@ -180,7 +180,7 @@ fn flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
 }
 
 /// A non-negative integer query parameter.
-fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     q.get(name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
@@ -190,17 +190,9 @@ fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiErr
         .transpose()
 }
 
-/// `?wait=`: seconds (`5`, `2.5`, `5s`) or milliseconds (`500ms`), at most [`crate::MAX_WAIT`].
-fn wait(q: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
-    let Some(v) = q.get("wait") else {
-        return Ok(crate::DEFAULT_WAIT);
-    };
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "wait must be a duration of at most {}s such as 5, 5s or 500ms, got {v:?}",
-            crate::MAX_WAIT.as_secs()
-        ))
-    };
+/// A duration as clients write it: seconds (`5`, `2.5`, `5s`) or milliseconds (`500ms`),
+/// at most `max`; `None` for anything else.
+pub(crate) fn duration(v: &str, max: std::time::Duration) -> Option<std::time::Duration> {
     let (num, scale) = match v.strip_suffix("ms") {
         Some(n) => (n, 0.001),
         None => (v.strip_suffix('s').unwrap_or(v), 1.0),
@@ -209,12 +201,21 @@ fn wait(q: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0 && !num.starts_with('+'))
-        .map(|n| n * scale)
-        .ok_or_else(bad)?;
-    if secs > crate::MAX_WAIT.as_secs_f64() {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+        .map(|n| n * scale)?;
+    (secs <= max.as_secs_f64()).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// `?wait=`: seconds (`5`, `2.5`, `5s`) or milliseconds (`500ms`), at most [`crate::MAX_WAIT`].
+pub(crate) fn wait(q: &HashMap<String, String>) -> Result<std::time::Duration, ApiError> {
+    let Some(v) = q.get("wait") else {
+        return Ok(crate::DEFAULT_WAIT);
+    };
+    duration(v, crate::MAX_WAIT).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "wait must be a duration of at most {}s such as 5, 5s or 500ms, got {v:?}",
+            crate::MAX_WAIT.as_secs()
+        ))
+    })
 }
 
 fn read_options(q: &HashMap<String, String>) -> Result<ReadOptions, ApiError> {
@@ -226,7 +227,7 @@ fn read_options(q: &HashMap<String, String>) -> Result<ReadOptions, ApiError> {
 }
 
 /// Adds `X-Hraftd-Index: <index>` to a read's answer.
-fn with_index(mut resp: HttpResponse, index: u64) -> HttpResponse {
+pub(crate) fn with_index(mut resp: HttpResponse, index: u64) -> HttpResponse {
     if let Ok(v) = header::HeaderValue::from_str(&index.to_string()) {
         resp.headers_mut()
             .insert(header::HeaderName::from_static(INDEX_HEADER), v);
@@ -245,7 +246,14 @@ async fn read_key<S: KvStore>(
     let meta = flag(&q, "meta")?;
     valid_key(key, settings.max_key_bytes)?;
     let group = group(req)?;
-    let read = store.get(&group, key, &opts).await?;
+    let read = match number(&q, "wait_index")? {
+        // A blocking read holds a watch while it waits: it counts against -max-watchers.
+        Some(after) => {
+            let _permit = crate::watch::acquire(settings)?;
+            store.get_after(&group, key, &opts, after).await?
+        }
+        None => store.get(&group, key, &opts).await?,
+    };
     let resp = match read.value {
         Some(kv) => {
             let mut resp = HttpResponse::Ok();
@@ -360,7 +368,8 @@ fn query_key(req: &HttpRequest, max_key_bytes: usize) -> Result<String, ApiError
     Ok(key.clone())
 }
 
-/// `GET /key/<key>?level=L&meta=true&min_index=N&wait=D`
+/// `GET /key/<key>?level=L&meta=true&min_index=N&wait=D`; with `wait_index=N`, a
+/// blocking read (answers once the key changes after index N, or after `wait`)
 pub(crate) async fn get_path<S: KvStore>(
     store: web::Data<S>,
     settings: web::Data<Settings>,
@@ -437,7 +446,7 @@ pub(crate) async fn post<S: KvStore>(
         ));
     }
     let index = store.set(&group, pairs).await?;
-    Ok(HttpResponse::Ok().json(WriteResponse { index }))
+    Ok(HttpResponse::Ok().json(WriteResponse { index, lease: None }))
 }
 
 /// `PUT /key/<key>` with the raw value as body.
@@ -453,11 +462,17 @@ pub(crate) async fn put<S: KvStore>(
     let body = read_body(&req, payload, settings.body_limit).await?;
     let value = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::BadRequest("value must be UTF-8".into()))?;
-    let index = match expected(&req, &query(&req)?)? {
+    let q = query(&req)?;
+    let expect = expected(&req, &q)?;
+    if let Some(lease) = crate::lease::put_lease(&q)? {
+        let done = store.put_leased(&group, key, value, expect, lease).await?;
+        return Ok(HttpResponse::Ok().json(done));
+    }
+    let index = match expect {
         Some(expect) => store.cas(&group, key, Some(value), expect).await?,
         None => store.set(&group, vec![(key, value)]).await?,
     };
-    Ok(HttpResponse::Ok().json(WriteResponse { index }))
+    Ok(HttpResponse::Ok().json(WriteResponse { index, lease: None }))
 }
 
 async fn delete_key<S: KvStore>(
@@ -472,7 +487,7 @@ async fn delete_key<S: KvStore>(
         Some(expect) => store.cas(&group, key, None, expect).await?,
         None => store.delete(&group, key).await?,
     };
-    Ok(HttpResponse::Ok().json(WriteResponse { index }))
+    Ok(HttpResponse::Ok().json(WriteResponse { index, lease: None }))
 }
 
 /// `DELETE /key/<key>`
@@ -552,9 +567,15 @@ fn check_txn(txn: &wire::TxnRequest, max_key_bytes: usize) -> Result<(), ApiErro
     }
     for op in txn.success.iter().chain(&txn.failure) {
         match op {
-            wire::TxnOp::Put { key, .. }
-            | wire::TxnOp::Delete { key }
-            | wire::TxnOp::Get { key } => valid_key(key, max_key_bytes)?,
+            wire::TxnOp::Put { key, lease, .. } => {
+                valid_key(key, max_key_bytes)?;
+                if let Some(l) = lease {
+                    crate::lease::parse_id(l)?;
+                }
+            }
+            wire::TxnOp::Delete { key } | wire::TxnOp::Get { key } => {
+                valid_key(key, max_key_bytes)?
+            }
             wire::TxnOp::DeletePrefix { prefix } => {
                 if prefix.is_empty() {
                     return Err(ApiError::BadRequest(

@@ -11,6 +11,8 @@
 //! | `/key/<key>` | `GET` (read), `PUT` (set raw value), `DELETE` |
 //! | `/key?prefix=`, `/key?from=&to=` | `GET` (a page of keys), `DELETE ?prefix=` |
 //! | `/txn` | `POST` (compares, then one branch of operations, in one entry) |
+//! | `/watch` | `GET ?key=` or `?prefix=`, `&from=` (every change, as Server-Sent Events) |
+//! | `/lease`, `/lease/<id>`, `/lease/<id>/keepalive` | `POST` (grant); `GET`, `DELETE` (revoke); `POST` |
 //! | `/join` | `POST` |
 //! | `/remove` | `POST` |
 //! | `/status` | `GET` |
@@ -22,7 +24,7 @@
 //! | `/groups/<g>/members`, `/groups/<g>/members/<id>` | `POST`, `DELETE` |
 //! | `/groups/<g>/leader` | `POST` (leadership transfer) |
 //! | `/groups/<g>/status`, `/groups/<g>/backup` | `GET`, as `/status` and `/backup` |
-//! | `/groups/<g>/key`, `/groups/<g>/key/<key>`, `/groups/<g>/txn` | as `/key` and `/txn`, in group `<g>` |
+//! | `/groups/<g>/key`, `/groups/<g>/key/<key>`, `/groups/<g>/txn`, `/groups/<g>/watch`, `/groups/<g>/lease...` | as `/key`, `/txn`, `/watch` and `/lease`, in group `<g>` |
 //! | `/openapi.json` | `GET` (this API, as OpenAPI 3; the file `httpd/openapi.json`) |
 
 use std::future::Future;
@@ -41,9 +43,11 @@ pub mod error;
 pub mod forward;
 mod groups;
 mod key;
+mod lease;
 pub mod metrics;
 mod ops;
 pub mod tls;
+pub mod watch;
 
 pub use error::ApiError;
 pub use hraftd_client::wire;
@@ -177,9 +181,70 @@ pub struct Page {
     pub more: bool,
 }
 
+/// Which keys a watch follows (`?key=` or `?prefix=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchTarget {
+    Key(String),
+    /// Every key that starts with this (`""`: every key).
+    Prefix(String),
+}
+
+/// The changes of one log entry to the keys a watch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchBatch {
+    pub index: u64,
+    pub events: Vec<wire::WatchEvent>,
+}
+
+/// Why a watch stream ended on the server's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEnded {
+    /// Its next changes are no longer in the history (it starts after `oldest`).
+    Compacted { oldest: u64 },
+    /// It did not keep up and was dropped.
+    Slow,
+    /// The group stopped on this node.
+    Closed,
+}
+
+/// The lease a put attaches its key to: `?lease=<id>`, or `?ttl=<d>` (a new lease for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseArg {
+    Id(u64),
+    Ttl(std::time::Duration),
+}
+
+/// A running watch, as the HTTP layer consumes it.
+pub trait WatchStream: Send + 'static {
+    /// The index it started after.
+    fn start_index(&self) -> u64;
+    /// The next entry's changes to watched keys (cancel-safe: nothing is lost if the
+    /// future is dropped unfinished).
+    fn next(&mut self) -> impl Future<Output = Result<WatchBatch, WatchEnded>> + Send;
+}
+
 /// What the HTTP layer needs from a store. Errors are already [`ApiError`]s, so the
 /// implementation decides what each failure means to a client (e.g. `NotLeader`).
 pub trait KvStore: Send + Sync + 'static {
+    /// What [`KvStore::watch`] gives.
+    type Watch: WatchStream;
+    /// Watches `target` in `group` from this node's applied state, after index `from`
+    /// (`None`: from now); `Compacted` if the history no longer reaches back to `from`.
+    fn watch(
+        &self,
+        group: &str,
+        target: WatchTarget,
+        from: Option<u64>,
+    ) -> impl Future<Output = Result<Self::Watch, ApiError>>;
+    /// A blocking read: `key` as `opts` asks, once its `mod_index` is past `after` (or it
+    /// was deleted after it), or after `opts.wait` as it is then.
+    fn get_after(
+        &self,
+        group: &str,
+        key: &str,
+        opts: &ReadOptions,
+        after: u64,
+    ) -> impl Future<Output = Result<Read<Option<wire::KeyValue>>, ApiError>>;
     /// Reads `key` with its metadata in `group` ([`DEFAULT_GROUP`] for `/key`).
     fn get(
         &self,
@@ -208,6 +273,40 @@ pub trait KvStore: Send + Sync + 'static {
         &self,
         group: &str,
         prefix: String,
+    ) -> impl Future<Output = Result<wire::DeletedResponse, ApiError>>;
+    /// Sets `key` attached to a lease (an existing one, or a new one of a TTL granted with
+    /// it), only if its `mod_index` is `expect` when given; `NotFound` for no such lease.
+    fn put_leased(
+        &self,
+        group: &str,
+        key: String,
+        value: String,
+        expect: Option<u64>,
+        lease: LeaseArg,
+    ) -> impl Future<Output = Result<wire::WriteResponse, ApiError>>;
+    /// Grants a lease of `ttl` in `group`.
+    fn lease_grant(
+        &self,
+        group: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<wire::LeaseResponse, ApiError>>;
+    /// Restarts a lease's countdown (the group's leader only).
+    fn lease_keepalive(
+        &self,
+        group: &str,
+        id: u64,
+    ) -> impl Future<Output = Result<wire::LeaseResponse, ApiError>>;
+    /// A lease as the group's leader sees it.
+    fn lease(
+        &self,
+        group: &str,
+        id: u64,
+    ) -> impl Future<Output = Result<wire::LeaseInfo, ApiError>>;
+    /// Revokes a lease and deletes its keys in one entry.
+    fn lease_revoke(
+        &self,
+        group: &str,
+        id: u64,
     ) -> impl Future<Output = Result<wire::DeletedResponse, ApiError>>;
     /// Runs a (validated) transaction in one entry.
     fn txn(
@@ -290,6 +389,14 @@ pub struct Settings {
     /// Forwarding of leader-only requests (`-forward`, `X-Hraftd-Forward: 1`); `None`:
     /// followers always redirect.
     pub forward: Option<Arc<forward::Forwarder>>,
+    /// Open watch streams (and blocking reads) and their bound (`-max-watchers`); shared
+    /// by every worker.
+    pub watchers: Arc<watch::Limit>,
+    /// How often an idle watch stream gets a comment line, so proxies keep it open.
+    pub keepalive: std::time::Duration,
+    /// Cancelled when the server begins to stop: watch streams end then, so that a stop
+    /// does not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Default for Settings {
@@ -301,6 +408,9 @@ impl Default for Settings {
             auth: None,
             tls: None,
             forward: None,
+            watchers: Arc::new(watch::Limit::new(watch::DEFAULT_MAX_WATCHERS)),
+            keepalive: std::time::Duration::from_secs(10),
+            stopping: Default::default(),
         }
     }
 }
@@ -436,6 +546,48 @@ fn routes<S: KvStore>(cfg: &mut web::ServiceConfig) {
             .default_service(not_allowed()),
     )
     .service(
+        web::resource("/lease")
+            .route(web::post().to(lease::grant::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/lease/{id}")
+            .route(web::get().to(lease::get::<S>))
+            .route(web::delete().to(lease::revoke::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/lease/{id}/keepalive")
+            .route(web::post().to(lease::keepalive::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/lease")
+            .route(web::post().to(lease::grant::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/lease/{id}")
+            .route(web::get().to(lease::get::<S>))
+            .route(web::delete().to(lease::revoke::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/lease/{id}/keepalive")
+            .route(web::post().to(lease::keepalive::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/watch")
+            .route(web::get().to(watch::watch::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/groups/{group}/watch")
+            .route(web::get().to(watch::watch::<S>))
+            .default_service(not_allowed()),
+    )
+    .service(
         web::resource("/openapi.json")
             .route(web::get().to(ops::openapi))
             .default_service(not_allowed()),
@@ -500,6 +652,7 @@ pub async fn serve<S: KvStore>(
 ) -> std::io::Result<()> {
     let metrics = Arc::new(HttpMetrics::default());
     let tls = settings.tls.clone();
+    let stopping = settings.stopping.clone();
     let server = HttpServer::new(move || app(store.clone(), settings.clone(), metrics.clone()))
         .workers(2)
         .disable_signals()
@@ -517,6 +670,7 @@ pub async fn serve<S: KvStore>(
     tokio::select! {
         r = &mut server => r,
         _ = shutdown => {
+            stopping.cancel();
             // The server future must keep running to carry out the stop.
             let (_, r) = tokio::join!(handle.stop(true), &mut server);
             r

@@ -315,8 +315,15 @@ fn node_registry(n: &NodeMetrics) -> Registry {
 pub(crate) async fn metrics<S: KvStore>(
     store: web::Data<S>,
     m: web::Data<HttpMetrics>,
+    settings: web::Data<crate::Settings>,
 ) -> HttpResponse {
+    let mut text = m.render(&store.metrics());
+    // Kept by the HTTP layer, not the store: open watch streams and blocking reads.
+    text.push_str(&format!(
+        "# HELP hraftd_watchers Open watch streams and blocking reads on this node\n# TYPE hraftd_watchers gauge\nhraftd_watchers {}\n",
+        settings.watchers.open()
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(m.render(&store.metrics()))
+        .body(text)
 }

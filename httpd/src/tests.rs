@@ -38,6 +38,91 @@ struct Fake {
     not_live: Mutex<Option<String>>,
     /// Groups besides the default one, with their members.
     groups: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Every set and delete, for watches.
+    log: Arc<FakeLog>,
+    /// Granted leases: id -> TTL in ms.
+    leases: Mutex<BTreeMap<u64, u64>>,
+}
+
+/// The fake's change history: (index, key, value or `None` for a delete), and the last
+/// index, which watches wait on.
+struct FakeLog {
+    changes: Mutex<Vec<(u64, String, Option<String>)>>,
+    last: tokio::sync::watch::Sender<u64>,
+    /// Changes at or before this index are "compacted".
+    oldest: Mutex<u64>,
+}
+
+impl FakeLog {
+    fn record(&self, index: u64, key: &str, value: Option<String>) {
+        self.changes
+            .lock()
+            .unwrap()
+            .push((index, key.to_string(), value));
+        self.last.send_replace(index);
+    }
+}
+
+struct FakeWatch {
+    log: Arc<FakeLog>,
+    target: WatchTarget,
+    position: u64,
+    start: u64,
+}
+
+impl WatchStream for FakeWatch {
+    fn start_index(&self) -> u64 {
+        self.start
+    }
+
+    async fn next(&mut self) -> Result<WatchBatch, WatchEnded> {
+        let mut rx = self.log.last.subscribe();
+        loop {
+            let found: Vec<_> = {
+                let changes = self.log.changes.lock().unwrap();
+                let first = changes.iter().find(|(i, k, _)| {
+                    *i > self.position
+                        && match &self.target {
+                            WatchTarget::Key(t) => t == k,
+                            WatchTarget::Prefix(p) => k.starts_with(p.as_str()),
+                        }
+                });
+                match first {
+                    None => Vec::new(),
+                    Some((index, ..)) => changes
+                        .iter()
+                        .filter(|(i, ..)| i == index)
+                        .cloned()
+                        .collect(),
+                }
+            };
+            if let Some((index, ..)) = found.first().cloned() {
+                self.position = index;
+                let events = found
+                    .into_iter()
+                    .map(|(i, key, value)| wire::WatchEvent {
+                        kind: if value.is_some() {
+                            wire::EventKind::Put
+                        } else {
+                            wire::EventKind::Delete
+                        },
+                        kv: wire::KeyValue {
+                            key,
+                            value,
+                            create_index: i,
+                            mod_index: i,
+                            version: 1,
+                            lease: None,
+                        },
+                    })
+                    .collect();
+                return Ok(WatchBatch { index, events });
+            }
+            if rx.changed().await.is_err() {
+                return Err(WatchEnded::Closed);
+            }
+        }
+    }
 }
 
 impl Fake {
@@ -51,6 +136,12 @@ impl Fake {
             not_ready: Mutex::new(None),
             not_live: Mutex::new(None),
             groups: Mutex::new(BTreeMap::new()),
+            log: Arc::new(FakeLog {
+                changes: Mutex::new(Vec::new()),
+                last: tokio::sync::watch::channel(0).0,
+                oldest: Mutex::new(0),
+            }),
+            leases: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -138,6 +229,7 @@ impl Fake {
             create_index: m,
             mod_index: m,
             version: 1,
+            lease: None,
         }
     }
 
@@ -153,6 +245,123 @@ impl Fake {
 }
 
 impl KvStore for Fake {
+    type Watch = FakeWatch;
+
+    async fn watch(
+        &self,
+        group: &str,
+        target: WatchTarget,
+        from: Option<u64>,
+    ) -> Result<FakeWatch, ApiError> {
+        self.slot(group, "")?;
+        let oldest = *self.log.oldest.lock().unwrap();
+        let start = from.unwrap_or_else(|| self.index());
+        if start < oldest {
+            return Err(ApiError::Compacted {
+                message: format!("history starts after {oldest}"),
+                oldest,
+            });
+        }
+        Ok(FakeWatch {
+            log: self.log.clone(),
+            target,
+            position: start,
+            start,
+        })
+    }
+
+    async fn put_leased(
+        &self,
+        group: &str,
+        key: String,
+        value: String,
+        _expect: Option<u64>,
+        lease: LeaseArg,
+    ) -> Result<wire::WriteResponse, ApiError> {
+        let granted = match lease {
+            LeaseArg::Id(id) if !self.leases.lock().unwrap().contains_key(&id) => {
+                return Err(ApiError::NotFound(format!("lease {id} not found")))
+            }
+            LeaseArg::Id(_) => None,
+            LeaseArg::Ttl(t) => Some(self.lease_grant(group, t).await?.id),
+        };
+        let index = self.set(group, vec![(key, value)]).await?;
+        Ok(wire::WriteResponse {
+            index,
+            lease: granted,
+        })
+    }
+
+    async fn lease_grant(
+        &self,
+        group: &str,
+        ttl: std::time::Duration,
+    ) -> Result<wire::LeaseResponse, ApiError> {
+        self.slot(group, "")?;
+        self.leader_check()?;
+        let index = self.bump();
+        self.leases
+            .lock()
+            .unwrap()
+            .insert(index, ttl.as_millis() as u64);
+        Ok(wire::LeaseResponse {
+            id: index.to_string(),
+            ttl_ms: ttl.as_millis() as u64,
+            index: Some(index),
+        })
+    }
+
+    async fn lease_keepalive(&self, group: &str, id: u64) -> Result<wire::LeaseResponse, ApiError> {
+        let info = self.lease(group, id).await?;
+        Ok(wire::LeaseResponse {
+            id: info.id,
+            ttl_ms: info.ttl_ms,
+            index: None,
+        })
+    }
+
+    async fn lease(&self, group: &str, id: u64) -> Result<wire::LeaseInfo, ApiError> {
+        self.slot(group, "")?;
+        self.leader_check()?;
+        let ttl_ms = *self
+            .leases
+            .lock()
+            .unwrap()
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("lease {id} not found")))?;
+        Ok(wire::LeaseInfo {
+            id: id.to_string(),
+            ttl_ms,
+            remaining_ms: ttl_ms,
+            granted_index: id,
+            keys: vec![],
+            more: false,
+        })
+    }
+
+    async fn lease_revoke(&self, group: &str, id: u64) -> Result<wire::DeletedResponse, ApiError> {
+        self.lease(group, id).await?;
+        self.leases.lock().unwrap().remove(&id);
+        Ok(wire::DeletedResponse {
+            index: self.bump(),
+            deleted: 0,
+        })
+    }
+
+    async fn get_after(
+        &self,
+        group: &str,
+        key: &str,
+        opts: &ReadOptions,
+        after: u64,
+    ) -> Result<Read<Option<wire::KeyValue>>, ApiError> {
+        let mut w = self
+            .watch(group, WatchTarget::Key(key.to_string()), Some(after))
+            .await?;
+        let _ = tokio::time::timeout(opts.wait, w.next()).await;
+        self.get(group, key, opts).await
+    }
+
     async fn get(
         &self,
         group: &str,
@@ -280,18 +489,22 @@ impl KvStore for Fake {
                 "the write did not commit within 5s; outcome unknown".into(),
             ));
         }
+        let index = self.bump();
         for (k, v) in pairs {
             let slot = self.slot(group, &k)?;
-            self.data.lock().unwrap().insert(slot, v);
+            self.data.lock().unwrap().insert(slot.clone(), v.clone());
+            self.log.record(index, &slot, Some(v));
         }
-        Ok(self.bump())
+        Ok(index)
     }
 
     async fn delete(&self, group: &str, key: String) -> Result<u64, ApiError> {
         let slot = self.slot(group, &key)?;
         self.leader_check()?;
         self.data.lock().unwrap().remove(&slot);
-        Ok(self.bump())
+        let index = self.bump();
+        self.log.record(index, &slot, None);
+        Ok(index)
     }
 
     async fn groups(&self) -> Result<Vec<GroupInfo>, ApiError> {

@@ -70,6 +70,31 @@ enum Command {
         /// Only if the key's mod_index is this (0: only if it does not exist).
         #[arg(long)]
         cas: Option<u64>,
+        /// Attach the key to this lease (`hraftctl lease grant`): it goes when the lease does.
+        #[arg(long, conflicts_with = "ttl")]
+        lease: Option<String>,
+        /// Give the key a lease of its own with this TTL (e.g. 30s); prints its id.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Print every change to KEY (or, with --prefix, to every key under it) as it
+    /// happens, resuming where it stopped when the connection drops.
+    Watch {
+        key: String,
+        /// Watch every key that starts with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start after this index (default: now); changes after it are printed first.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Exit after this many entries.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Grant, keep alive, show or revoke leases.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
     },
     /// Delete a key, or every key under a prefix.
     Del {
@@ -112,6 +137,26 @@ enum Command {
     /// Write a backup of the state machine to FILE (`hraftd restore` or `hraftd load`
     /// read it).
     Backup { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// A new lease with this TTL (e.g. 10s); prints its id.
+    Grant {
+        #[arg(value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Keep a lease alive: a keepalive every third of its TTL until interrupted (with
+    /// --once: one).
+    Keepalive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Its TTL, time left and keys.
+    Show { id: String },
+    /// Revoke it: its keys are deleted in one entry.
+    Revoke { id: String },
 }
 
 fn parse_level(s: &str) -> Result<ReadLevel, String> {
@@ -185,6 +230,124 @@ fn print(json: bool, value: serde_json::Value, table: impl FnOnce() -> String) {
     }
 }
 
+/// `hraftctl watch`: prints each entry's changes; reconnects (any endpoint) from the last
+/// index printed when the stream ends, so nothing is missed or printed twice.
+async fn watch(
+    c: &Client,
+    json: bool,
+    key: &str,
+    prefix: bool,
+    from: Option<u64>,
+    count: Option<usize>,
+) -> Result<(), Failure> {
+    use hraftd_client::WatchItem;
+    let target = if prefix {
+        hraftd_client::WatchTarget::Prefix(key.to_string())
+    } else {
+        hraftd_client::WatchTarget::Key(key.to_string())
+    };
+    let mut from = from;
+    let mut printed = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut w = match c.watch(&target, from).await {
+            Ok(w) => w,
+            // Unreachable, no leader, too many watchers: try again shortly.
+            Err(e) if e.status().is_none_or(|s| s >= 500) => {
+                eprintln!("hraftctl: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        from = Some(w.start_index());
+        loop {
+            match w.next().await {
+                Ok(Some(WatchItem::Entry { index, events })) => {
+                    for e in events {
+                        let line = if json {
+                            json!({ "type": e.kind.as_str(), "index": index, "kv": e.kv })
+                                .to_string()
+                        } else {
+                            match &e.kv.value {
+                                Some(v) => format!("PUT {} {v} index {index}", e.kv.key),
+                                None => format!("DELETE {} index {index}", e.kv.key),
+                            }
+                        };
+                        writeln!(out, "{line}").context("writing")?;
+                    }
+                    out.flush().context("writing")?;
+                    from = Some(index);
+                    printed += 1;
+                    if count.is_some_and(|n| printed >= n) {
+                        return Ok(());
+                    }
+                }
+                Ok(Some(WatchItem::End(end))) if end.code == "compacted" => {
+                    return Err(Failure::NotFound(end.error));
+                }
+                Ok(Some(WatchItem::End(end))) => {
+                    eprintln!("hraftctl: {}; resuming", end.error);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("hraftctl: {e}; resuming");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `hraftctl lease ...`
+async fn lease(c: &Client, json: bool, cmd: &LeaseCommand) -> Result<(), Failure> {
+    match cmd {
+        LeaseCommand::Grant { ttl } => {
+            let r = c.lease_grant(*ttl).await?;
+            let v = serde_json::to_value(&r).expect("an answer encodes");
+            print(json, v, || format!("{}\n", r.id));
+        }
+        LeaseCommand::Keepalive { id, once } => loop {
+            let r = c.lease_keepalive(id).await?;
+            let v = serde_json::to_value(&r).expect("an answer encodes");
+            print(json, v, || {
+                format!("lease {} kept alive, ttl {} ms\n", r.id, r.ttl_ms)
+            });
+            if *once {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis((r.ttl_ms / 3).max(100))).await;
+        },
+        LeaseCommand::Show { id } => {
+            let r = c.lease_info(id).await?;
+            let v = serde_json::to_value(&r).expect("an answer encodes");
+            print(json, v, || {
+                let mut t = format!(
+                    "id\t{}\nttl_ms\t{}\nremaining_ms\t{}\ngranted_index\t{}\nkeys\t{}\n",
+                    r.id,
+                    r.ttl_ms,
+                    r.remaining_ms,
+                    r.granted_index,
+                    r.keys.len()
+                );
+                for k in &r.keys {
+                    t += &format!("{k}\n");
+                }
+                t
+            });
+        }
+        LeaseCommand::Revoke { id } => {
+            let r = c.lease_revoke(id).await?;
+            let v = serde_json::to_value(r).expect("an answer encodes");
+            print(json, v, || {
+                format!("OK revoked, deleted {} index {}\n", r.deleted, r.index)
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn run(a: Args) -> Result<(), Failure> {
     let c = client(&a)?;
     let read = ReadOpts {
@@ -200,15 +363,43 @@ async fn run(a: Args) -> Result<(), Failure> {
             }
             None => return Err(Failure::NotFound(format!("key not found: {key}"))),
         },
-        Command::Put { key, value, cas } => {
-            let index = match cas {
-                Some(n) => c.put_cas(key, value, *n).await?,
-                None => c.put(key, value).await?,
+        Command::Put {
+            key,
+            value,
+            cas,
+            lease,
+            ttl,
+        } => {
+            if let Some(ttl) = ttl {
+                if cas.is_some() {
+                    return Err(Failure::Usage(
+                        "--ttl with --cas: use lease grant, then put --lease --cas".into(),
+                    ));
+                }
+                let r = c.put_ttl(key, value, *ttl).await?;
+                let lease = r.lease.clone().unwrap_or_default();
+                let v = serde_json::to_value(&r).expect("an answer encodes");
+                print(a.json, v, || {
+                    format!("OK index {} lease {lease}\n", r.index)
+                });
+                return Ok(());
+            }
+            let index = match (cas, lease) {
+                (_, Some(l)) => c.put_leased(key, value, l, *cas).await?,
+                (Some(n), None) => c.put_cas(key, value, *n).await?,
+                (None, None) => c.put(key, value).await?,
             };
             print(a.json, json!({ "index": index }), || {
                 format!("OK index {index}\n")
             });
         }
+        Command::Watch {
+            key,
+            prefix,
+            from,
+            count,
+        } => watch(&c, a.json, key, *prefix, *from, *count).await?,
+        Command::Lease { command } => lease(&c, a.json, command).await?,
         Command::Del {
             key,
             cas,

@@ -55,8 +55,16 @@ fn bad_file(path: &Path, e: io::Error) -> Error {
 }
 
 /// Reads a whole backup file, checking its structure, record count and checksum.
+///
+/// `keys` counts client keys only: the file also holds the catalogue, the change history
+/// and leases (keys past `0xFF`), which a restore leaves out.
 pub fn verify(path: &Path) -> Result<BackupInfo> {
-    let (meta, keys) = snapshot::verify(path).map_err(|e| bad_file(path, e))?;
+    let mut r = snapshot::Reader::open(path).map_err(|e| bad_file(path, e))?;
+    let mut keys = 0u64;
+    while let Some((k, _)) = r.next_record().map_err(|e| bad_file(path, e))? {
+        keys += u64::from(!crate::catalogue::is_catalogue_key(&k));
+    }
+    let meta = r.meta;
     Ok(BackupInfo {
         applied_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
         keys,

@@ -23,9 +23,11 @@ use crate::types::GroupEntry;
 /// The first byte of every catalogue key (never in UTF-8, so never in a client key).
 const PREFIX: &[u8] = b"\xffgroup/";
 /// Just past every catalogue key: `PREFIX` with its last byte incremented.
+#[cfg(test)]
 const END: &[u8] = b"\xffgroup0";
-/// The range a snapshot install clears besides the client data.
-pub(crate) const RANGE: (&[u8], &[u8]) = (PREFIX, END);
+/// Every catalogue key is in this range.
+#[cfg(test)]
+const RANGE: (&[u8], &[u8]) = (PREFIX, END);
 
 /// The most groups a cluster may have (each runs its own Raft on its members).
 pub const MAX_GROUPS: usize = 1024;
@@ -37,7 +39,8 @@ pub(crate) fn key(group: &str) -> Vec<u8> {
     k
 }
 
-/// Whether `k` is a catalogue key (and so no client's data).
+/// Whether `k` is a catalogue key, or another key that is no client's data (the change
+/// history and leases also start with `0xFF`).
 pub(crate) fn is_catalogue_key(k: &[u8]) -> bool {
     k.first() == Some(&0xff)
 }
@@ -63,22 +66,6 @@ pub(crate) fn read(ks: &Keyspace) -> io::Result<BTreeMap<String, GroupEntry>> {
         out.insert(id, entry);
     }
     Ok(out)
-}
-
-/// How many catalogue entries `snap` (a point-in-time view of the database) holds in
-/// `ks`: they are in every snapshot file of the default group, but no client's keys.
-pub(crate) fn count_in(ks: &Keyspace, snap: &crate::db::DbSnapshot<'_>) -> io::Result<u64> {
-    let cf = ks.cf(Family::Data);
-    let mode = rocksdb::IteratorMode::From(PREFIX, rocksdb::Direction::Forward);
-    let mut n = 0;
-    for item in snap.iterator_cf(&cf, mode) {
-        let (k, _) = item.map_err(io::Error::other)?;
-        if !k.starts_with(PREFIX) {
-            break;
-        }
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Tells the host that the catalogue may have changed: a counter bumped after every apply

@@ -57,6 +57,11 @@ pub enum Error {
     #[error("{0}")]
     GroupNotFound(String),
 
+    /// A watch asked for changes the history no longer holds: it keeps those after
+    /// `oldest` (read the keys with a range, then watch from its index).
+    #[error("the change history starts after index {oldest}; changes up to it are gone")]
+    Compacted { oldest: u64 },
+
     /// Another change is in progress; retrying later may succeed.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -125,6 +130,7 @@ impl Error {
             | Error::Forbidden(_)
             | Error::NotFound(_)
             | Error::GroupNotFound(_)
+            | Error::Compacted { .. }
             | Error::Storage(_)
             | Error::Io { .. }
             | Error::Raft { .. } => false,

@@ -28,6 +28,8 @@ use crate::batch;
 use crate::db;
 use crate::error::Error;
 use crate::error::Result;
+use crate::lease;
+use crate::lease::LeaseClock;
 use crate::log_store::LogStore;
 use crate::log_store::WalSync;
 use crate::network;
@@ -54,6 +56,8 @@ use crate::types::Op;
 use crate::types::Outcome;
 use crate::types::Raft;
 use crate::types::MAX_ENTRY_BYTES;
+use crate::watch::Watch;
+use crate::watch::WatchSpec;
 
 /// The longest a membership change waits for the one before it to finish.
 const MEMBERSHIP_LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -99,6 +103,8 @@ pub(crate) struct Group {
     /// "leadership clock" task): voters, this leader included, refuse every vote until its
     /// lease (`election_timeout_max`) has passed since then, so a transfer waits for it.
     led_since: Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>,
+    /// This leader's countdown of every client lease (`lease.rs`).
+    lease_clock: Arc<LeaseClock>,
     /// openraft's leader lease (its `election_timeout_max`).
     lease: Duration,
     write_timeout: Duration,
@@ -137,8 +143,13 @@ impl Group {
         );
         let startup_commit = log_store.saved_committed().map(|c| c.index).unwrap_or(0);
         committed.store(startup_commit, Ordering::Relaxed);
-        let sm = StateMachine::open(ks.clone(), snapshot_dir.clone(), applied)
-            .map_err(|e| Error::io(format!("opening the state machine of group {id}"), e))?;
+        let sm = StateMachine::open(
+            ks.clone(),
+            snapshot_dir.clone(),
+            applied,
+            opts.watch_history,
+        )
+        .map_err(|e| Error::io(format!("opening the state machine of group {id}"), e))?;
         let reader = sm.reader();
         let config = openraft::Config {
             cluster_name: format!("hraftd/{id}"),
@@ -166,6 +177,15 @@ impl Group {
         let reads = batch::ReadBarrier::spawn(raft.clone(), &tasks);
         let led_since = Arc::default();
         spawn_leadership_clock(&raft, &tasks, raft_id, Arc::clone(&led_since));
+        let lease_clock = Arc::new(LeaseClock::default());
+        lease::spawn_expiry(
+            &tasks,
+            lease_clock.clone(),
+            reader.leases.clone(),
+            Arc::clone(&led_since),
+            writer.clone(),
+            opts.write_timeout,
+        );
         Ok(Group {
             id: id.to_string(),
             raft,
@@ -191,6 +211,7 @@ impl Group {
             transferring: Default::default(),
             net,
             led_since,
+            lease_clock,
             lease: opts.election_timeout.end,
             write_timeout: opts.write_timeout,
             read_timeout: opts.read_timeout,
@@ -229,6 +250,168 @@ impl Group {
     pub(crate) async fn range(&self, range: &Range, opts: &ReadOpts) -> Result<Read<Page>> {
         self.ensure_read(opts).await?;
         self.reader.range(range).await
+    }
+
+    /// Watches `spec` in this node's applied state (no leader needed), from `from` (`None`:
+    /// from now).
+    pub(crate) async fn watch(&self, spec: WatchSpec, from: Option<u64>) -> Result<Watch> {
+        match self.reader.watch(spec, from).await? {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) => Err(Error::ShuttingDown),
+            Err(oldest) => Err(Error::Compacted { oldest }),
+        }
+    }
+
+    /// A blocking read: reads `key` as `opts` asks, and if it has not changed since index
+    /// `after`, waits up to `wait` for its next change; then answers its state as it is.
+    pub(crate) async fn get_after(
+        &self,
+        key: &str,
+        opts: &ReadOpts,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Read<Option<KeyValue>>> {
+        let now = self.get(key, opts).await?;
+        // A key that exists last changed at its mod_index: if that is after `after`, answer
+        // at once; if not, only changes after now matter. A missing key may have been
+        // deleted after `after`: the history says.
+        let from = match &now.value {
+            Some(kv) if kv.meta.mod_index > after => return Ok(now),
+            Some(_) => after.max(now.index),
+            None => after,
+        };
+        let mut w = match self
+            .watch(WatchSpec::Key(key.to_string()), Some(from))
+            .await
+        {
+            Ok(w) => w,
+            // Too old to tell: answer what is there.
+            Err(Error::Compacted { .. }) => return Ok(now),
+            Err(e) => return Err(e),
+        };
+        let _ = tokio::time::timeout(wait, w.next()).await;
+        self.reader.get(key).await
+    }
+
+    /// The term this node leads in, or `NotLeader`.
+    fn leading_term(&self) -> Result<u64> {
+        self.check_leader()?;
+        self.led_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|(t, _)| t)
+            .ok_or_else(|| {
+                Error::Unavailable("this node has only just become leader; retry".into())
+            })
+    }
+
+    /// Refuses a TTL outside [`lease::MIN_TTL`]..=[`lease::MAX_TTL`], and a grant when the
+    /// group holds [`lease::MAX_LEASES`] already.
+    pub(crate) fn check_grant(&self, ttl: Duration) -> Result<u64> {
+        if ttl < lease::MIN_TTL || ttl > lease::MAX_TTL {
+            return Err(Error::Invalid(format!(
+                "ttl {ttl:?}: a lease lives 1s to {}s",
+                lease::MAX_TTL.as_secs()
+            )));
+        }
+        let n = self
+            .reader
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if n >= lease::MAX_LEASES {
+            return Err(Error::Unavailable(format!(
+                "group {} holds {n} leases, its limit; revoke some first",
+                self.id
+            )));
+        }
+        Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Grants a lease of `ttl`: (its id, the log index that granted it).
+    pub(crate) async fn lease_grant(&self, ttl: Duration) -> Result<(u64, u64)> {
+        let ttl_ms = self.check_grant(ttl)?;
+        match self.write(Op::LeaseGrant { ttl_ms }).await? {
+            (index, Outcome::LeaseGranted { id }) => Ok((id, index)),
+            (_, other) => Err(Error::io(
+                "granting a lease",
+                std::io::Error::other(format!("unexpected outcome {other:?}")),
+            )),
+        }
+    }
+
+    /// Restarts lease `id`'s countdown (this node must lead); returns its TTL.
+    ///
+    /// Leadership is confirmed with a quorum first: a deposed leader that has not noticed
+    /// yet must not accept a keepalive, since the new leader, elected before it, counts
+    /// from its own election and could expire the lease sooner than TTL after it. A quorum
+    /// that acknowledges this leader after the keepalive arrived proves no newer leader was
+    /// elected before then.
+    pub(crate) async fn lease_keepalive(&self, id: u64) -> Result<Duration> {
+        let arrived = std::time::Instant::now();
+        let term = self.leading_term()?;
+        self.lease_info(id)?;
+        self.ensure_level(ReadLevel::Consistent).await?;
+        if self.leading_term()? != term {
+            return Err(Error::Unavailable("leadership changed; retry".into()));
+        }
+        // The table is held while the clock is set (the expiry loop takes them in the same
+        // order), so a lease revoked or expiring meanwhile is refused, never renewed.
+        let table = self.reader.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let info = table
+            .get(&id)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("lease {id} has expired or was revoked")))?;
+        self.lease_clock
+            .keepalive(term, id, info.ttl_ms, arrived)
+            .map_err(|_| Error::NotFound(format!("lease {id} has expired")))?;
+        drop(table);
+        Ok(Duration::from_millis(info.ttl_ms))
+    }
+
+    fn lease_info(&self, id: u64) -> Result<crate::types::LeaseInfo> {
+        self.reader
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("lease {id} not found")))
+    }
+
+    /// Lease `id` as the leader sees it: its TTL, how long it has left, and (up to `limit`
+    /// of) its keys, with whether more follow.
+    pub(crate) async fn lease(&self, id: u64, limit: usize) -> Result<crate::LeaseView> {
+        let term = self.leading_term()?;
+        let info = self.lease_info(id)?;
+        let ttl = Duration::from_millis(info.ttl_ms);
+        let remaining = self
+            .lease_clock
+            .remaining(term, id, std::time::Instant::now())
+            .unwrap_or(ttl);
+        let (keys, more) = self.reader.lease_keys(id, limit).await?;
+        Ok(crate::LeaseView {
+            id,
+            ttl,
+            remaining,
+            granted_index: info.granted,
+            keys,
+            more,
+        })
+    }
+
+    /// Revokes lease `id` and deletes its keys in one entry: (the entry's index, how many
+    /// keys went).
+    pub(crate) async fn lease_revoke(&self, id: u64) -> Result<(u64, u64)> {
+        match self.write(Op::LeaseRevoke { id }).await? {
+            (index, Outcome::Deleted { count }) => Ok((index, count)),
+            (_, Outcome::NoLease { .. }) => Err(Error::NotFound(format!("lease {id} not found"))),
+            (_, other) => Err(Error::io(
+                "revoking a lease",
+                std::io::Error::other(format!("unexpected outcome {other:?}")),
+            )),
+        }
     }
 
     /// Fails unless this node may serve a read as `opts` asks; waits (bounded) for its
@@ -776,6 +959,7 @@ impl Group {
     /// how many tasks had to be aborted.
     pub(crate) async fn stop(&self, bound: Duration) -> usize {
         self.tasks.stop();
+        self.reader.hub.close();
         if let Err(e) = self.raft.shutdown().await {
             log::warn!("raft shutdown ({}): {e}", self.id);
         }

@@ -95,6 +95,20 @@ pub struct GroupView {
     pub unreachable: Vec<String>,
 }
 
+/// A lease as its group's leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub id: u64,
+    pub ttl: std::time::Duration,
+    /// How long until it expires unless kept alive (the full TTL while this leader has not
+    /// started counting it yet).
+    pub remaining: std::time::Duration,
+    pub granted_index: u64,
+    pub keys: Vec<String>,
+    /// More keys are attached than `keys` lists.
+    pub more: bool,
+}
+
 /// A store error as it travels back over the peer transport from a group's leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
@@ -119,7 +133,9 @@ impl From<Error> for WireError {
     fn from(e: Error) -> Self {
         let kind = match &e {
             Error::NotLeader { .. } => WireErrorKind::NotLeader,
-            Error::NotFound(_) | Error::GroupNotFound(_) => WireErrorKind::NotFound,
+            Error::NotFound(_) | Error::GroupNotFound(_) | Error::Compacted { .. } => {
+                WireErrorKind::NotFound
+            }
             Error::Invalid(_) | Error::TooLarge(_) => WireErrorKind::Invalid,
             Error::Conflict(_) => WireErrorKind::Conflict,
             Error::Unavailable(_) | Error::ShuttingDown | Error::Forbidden(_) => {
@@ -750,6 +766,80 @@ impl Store {
     ) -> Result<Read<Page>> {
         match self.local_group(id) {
             Some(g) => g.range(range, opts).await,
+            None => Err(self.elsewhere(id, opts.level).await),
+        }
+    }
+
+    /// Grants a lease of `ttl` in group `id`: (its id, the granting log index).
+    pub async fn group_lease_grant(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(u64, u64)> {
+        match self.local_group(id) {
+            Some(g) => g.lease_grant(ttl).await,
+            None => Err(self.elsewhere(id, ReadLevel::Default).await),
+        }
+    }
+
+    /// Restarts a lease's countdown in group `id` (its leader only); returns its TTL.
+    pub async fn group_lease_keepalive(&self, id: &str, lease: u64) -> Result<std::time::Duration> {
+        match self.local_group(id) {
+            Some(g) => g.lease_keepalive(lease).await,
+            None => Err(self.elsewhere(id, ReadLevel::Default).await),
+        }
+    }
+
+    /// A lease of group `id` as its leader sees it, with up to `limit` of its keys.
+    pub async fn group_lease(&self, id: &str, lease: u64, limit: usize) -> Result<LeaseView> {
+        match self.local_group(id) {
+            Some(g) => g.lease(lease, limit).await,
+            None => Err(self.elsewhere(id, ReadLevel::Default).await),
+        }
+    }
+
+    /// Revokes a lease of group `id` and deletes its keys: (log index, keys deleted).
+    pub async fn group_lease_revoke(&self, id: &str, lease: u64) -> Result<(u64, u64)> {
+        match self.local_group(id) {
+            Some(g) => g.lease_revoke(lease).await,
+            None => Err(self.elsewhere(id, ReadLevel::Default).await),
+        }
+    }
+
+    /// Checks a TTL for a put's one-key lease (`?ttl=`) in group `id`: its milliseconds.
+    pub fn check_ttl(&self, id: &str, ttl: std::time::Duration) -> Result<u64> {
+        match self.local_group(id) {
+            Some(g) => g.check_grant(ttl),
+            // Checked again by the node that has the group.
+            None => Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Watches keys of group `id` from this node's applied state (any member serves it; a
+    /// node that is not one sends the client on to one).
+    pub async fn group_watch(
+        &self,
+        id: &str,
+        spec: crate::WatchSpec,
+        from: Option<u64>,
+    ) -> Result<crate::Watch> {
+        match self.local_group(id) {
+            Some(g) => g.watch(spec, from).await,
+            None => Err(self.elsewhere(id, ReadLevel::Stale).await),
+        }
+    }
+
+    /// A blocking read of `key` in group `id` (see `Group::get_after`).
+    pub async fn group_get_after(
+        &self,
+        id: &str,
+        key: &str,
+        opts: &ReadOpts,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Result<Read<Option<KeyValue>>> {
+        match self.local_group(id) {
+            Some(g) => g.get_after(key, opts, after, wait).await,
             None => Err(self.elsewhere(id, opts.level).await),
         }
     }

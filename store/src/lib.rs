@@ -24,6 +24,7 @@ pub mod groups;
 #[doc(hidden)]
 pub mod hostile;
 mod kv;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -32,6 +33,7 @@ mod snapshot;
 pub mod state_machine;
 mod tasks;
 pub mod types;
+pub mod watch;
 
 pub use backup::Backup;
 pub use backup::BackupInfo;
@@ -42,6 +44,7 @@ pub use error::Error;
 pub use error::Result;
 pub use groups::GroupState;
 pub use groups::GroupView;
+pub use groups::LeaseView;
 pub use node::stored_id;
 pub use node::Member;
 pub use node::Metrics;
@@ -73,6 +76,10 @@ pub use types::Txn;
 pub use types::TxnOp;
 pub use types::TxnResult;
 pub use types::MAX_ENTRY_BYTES;
+pub use watch::Change;
+pub use watch::Watch;
+pub use watch::WatchEnd;
+pub use watch::WatchSpec;
 
 #[cfg(test)]
 mod suite_test;

@@ -549,6 +549,7 @@ mod tests {
             Keyspace::default_group(&db),
             td.path().join("snapshots"),
             applied.clone(),
+            crate::watch::DEFAULT_HISTORY,
         )
         .unwrap();
         let mut batch = WriteBatch::default();

@@ -81,6 +81,8 @@ pub struct Options {
     pub election_timeout: std::ops::Range<Duration>,
     /// How peer connections (and joins) are authenticated.
     pub peer_auth: PeerAuth,
+    /// Changes each group keeps for watches (`-watch-history`).
+    pub watch_history: u64,
 }
 
 impl Options {
@@ -102,6 +104,7 @@ impl Options {
             // (a young leader, five voters) takes just over 0.7 s.
             election_timeout: Duration::from_millis(300)..Duration::from_millis(700),
             peer_auth: PeerAuth::None,
+            watch_history: crate::watch::DEFAULT_HISTORY,
         }
     }
 }
@@ -973,6 +976,7 @@ impl Store {
             .cloned()
             .collect();
         futures::future::join_all(ids.iter().map(|id| self.stop_group(id, false))).await;
+        self.default.reader.hub.close();
         if let Err(e) = self.default.raft.shutdown().await {
             log::warn!("raft shutdown: {e}");
         }

@@ -39,12 +39,17 @@ use crate::types::Applied;
 use crate::types::Command;
 use crate::types::Entry;
 use crate::types::KeyValue;
+use crate::types::LeaseInfo;
 use crate::types::LogId;
 use crate::types::SnapshotFile;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
+use crate::watch as changes;
+use crate::watch::History;
+use crate::watch::HistoryPage;
+use crate::watch::Hub;
 
 /// Names the snapshot file whose installation had begun; present only while installing,
 /// so a crash mid-install is finished at the next start.
@@ -60,6 +65,8 @@ pub const MAX_RANGE_LIMIT: usize = 10_000;
 /// Most key and value bytes one range page holds; past them the page ends early (`more`).
 pub const MAX_PAGE_BYTES: usize = 8 << 20;
 const DATA_START: &[u8] = b"";
+/// Past every key of the `data` family (client keys, catalogue, change history).
+const ALL_END: &[u8] = b"\xff\xff";
 /// How many bytes of records an install writes per batch, to keep memory bounded.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
@@ -167,6 +174,12 @@ pub struct StateReader {
     install: InstallLock,
     /// Bumped whenever the catalogue may have changed (only the default group has one).
     catalogue: catalogue::Changes,
+    /// Hands each apply batch's changes to this group's watchers (`watch.rs`).
+    pub(crate) hub: Arc<Hub>,
+    /// Every lease in the applied state, by id: what the leader counts down (`lease.rs`).
+    /// Kept in memory on every node (bounded by `lease::MAX_LEASES`) so a new leader
+    /// starts its countdowns at once.
+    pub(crate) leases: Arc<Mutex<std::collections::BTreeMap<u64, LeaseInfo>>>,
 }
 
 impl StateReader {
@@ -181,8 +194,9 @@ impl StateReader {
             std::fs::create_dir_all(&dir)?;
             let tmp = tempfile::tempdir_in(&dir)?;
             let (meta, path, records) = snapshot::build(&ks, &snap, tmp.path())?;
-            // Client keys only: the catalogue's entries travel along but are never restored.
-            let keys = records - catalogue::count_in(&ks, &snap)?;
+            // Client keys only: the catalogue and the change history travel along but are
+            // never restored.
+            let keys = records - internal_count(&ks, &snap)?;
             let applied = meta.last_log_id.map(|l| l.index).unwrap_or(0);
             backup::handed_out(&path, applied, keys)
         })
@@ -273,6 +287,57 @@ impl StateReader {
     }
 }
 
+/// How many records of `snap` are not client keys (the catalogue, the change history).
+fn internal_count(ks: &Keyspace, snap: &db::DbSnapshot<'_>) -> io::Result<u64> {
+    let cf = ks.cf(Family::Data);
+    let mode = rocksdb::IteratorMode::From(DATA_END, rocksdb::Direction::Forward);
+    let mut n = 0;
+    for item in snap.iterator_cf(&cf, mode) {
+        item.map_err(io::Error::other)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl StateReader {
+    /// Up to `limit` keys attached to lease `id`, from one snapshot; and whether more follow.
+    pub(crate) async fn lease_keys(
+        &self,
+        id: u64,
+        limit: usize,
+    ) -> crate::Result<(Vec<String>, bool)> {
+        let Ok(_guard) = self.install.try_read() else {
+            return Err(installing());
+        };
+        let snap = self.ks.db().snapshot();
+        let cf = self.ks.cf(Family::Data);
+        kv::lease_keys(&snap, &cf, id, limit)
+            .map_err(|e| crate::Error::io(format!("reading the keys of lease {id}"), e))
+    }
+}
+
+impl changes::HistorySource for StateReader {
+    /// Waits out a snapshot install (a watch may wait; a read may not).
+    async fn page(&self, after: u64, upto: u64) -> crate::Result<HistoryPage> {
+        let _guard = self.install.read().await;
+        let snap = self.ks.db().snapshot();
+        let cf = self.ks.cf(Family::Data);
+        changes::read_page(&snap, &cf, after, upto)
+            .map_err(|e| crate::Error::io("reading the change history", e))
+    }
+}
+
+impl StateReader {
+    /// Watches `spec` from `from` (see [`changes::Watch::start`]).
+    pub(crate) async fn watch(
+        &self,
+        spec: changes::WatchSpec,
+        from: Option<u64>,
+    ) -> crate::Result<Result<Option<changes::Watch>, u64>> {
+        changes::Watch::start(&self.hub, self.clone(), spec, from).await
+    }
+}
+
 fn installing() -> crate::Error {
     crate::Error::Unavailable("a snapshot from the leader is being installed; retry shortly".into())
 }
@@ -318,6 +383,8 @@ pub struct StateMachine {
     receiving: Arc<Mutex<Option<PathBuf>>>,
     /// Where the applied index is published, shared with the log store.
     applied: AppliedIndex,
+    /// The change history's bound and state, appended to by every apply.
+    history: History,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -335,20 +402,24 @@ impl StateMachine {
         ks: Keyspace,
         snapshot_dir: PathBuf,
         applied: AppliedIndex,
+        history_limit: u64,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let sm = StateMachine {
+        let mut sm = StateMachine {
             reader: StateReader {
                 ks: ks.clone(),
                 applied: applied.clone(),
                 install: Arc::new(tokio::sync::RwLock::new(())),
                 catalogue: catalogue::Changes::default(),
+                hub: Arc::default(),
+                leases: Arc::default(),
             },
             ks,
             snapshot_dir,
             files: Arc::new(Mutex::new(())),
             receiving: Arc::new(Mutex::new(None)),
             applied,
+            history: History::new(history_limit, Default::default()),
         };
         let cf = sm.ks.cf(Family::SmMeta);
         if let Some(name) = sm
@@ -390,12 +461,24 @@ impl StateMachine {
             convert_legacy(&sm.ks, last.map(|l| l.index).unwrap_or(0))?;
         }
         drop(cf);
+        let index = last.map(|l| l.index).unwrap_or(0);
+        sm.history.state = open_history(&sm.ks, index)?;
+        sm.reader.hub = Arc::new(Hub::new(index));
+        sm.reload_leases()?;
         sm.applied.publish(last.map(|l| l.index));
         Ok(sm)
     }
 
     pub fn reader(&self) -> StateReader {
         self.reader.clone()
+    }
+
+    /// Fills the lease table from RocksDB (at open, and after a snapshot install).
+    fn reload_leases(&self) -> io::Result<()> {
+        let data = self.ks.cf(Family::Data);
+        let all = kv::read_leases(self.ks.db(), &data)?;
+        *self.reader.leases.lock().unwrap_or_else(|e| e.into_inner()) = all;
+        Ok(())
     }
 }
 
@@ -433,6 +516,28 @@ fn convert_legacy(ks: &Keyspace, index: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The change history's state; a data directory from before watches gets one that starts
+/// at its applied index.
+fn open_history(ks: &Keyspace, index: u64) -> io::Result<changes::HistoryState> {
+    let data = ks.cf(Family::Data);
+    if let Some(s) = changes::read_state(|k| ks.db().get_cf(&data, k))? {
+        return Ok(s);
+    }
+    let s = changes::HistoryState {
+        start: index,
+        ..Default::default()
+    };
+    ks.db()
+        .put_cf_opt(
+            &data,
+            changes::STATE_KEY,
+            changes::encode_state(&s)?,
+            &db::sync_write(),
+        )
+        .map_err(io::Error::other)?;
+    Ok(s)
+}
+
 /// Replaces the whole state with the contents of a snapshot file. Blocking.
 ///
 /// The first batch records an "installing" marker and clears the data; records follow in
@@ -451,12 +556,14 @@ fn install_file(ks: &Keyspace, path: &Path) -> io::Result<SnapshotMeta> {
         .unwrap_or_default();
     let mut batch = WriteBatch::default();
     batch.put_cf(meta_cf, KEY_INSTALLING, name.as_bytes());
-    batch.delete_range_cf(data, DATA_START, DATA_END);
-    batch.delete_range_cf(data, catalogue::RANGE.0, catalogue::RANGE.1);
+    // Client keys, the catalogue and the change history: everything in the family.
+    batch.delete_range_cf(data, DATA_START, ALL_END);
     db.write_opt(batch, &db::sync_write())
         .map_err(io::Error::other)?;
     let mut batch = WriteBatch::default();
+    let mut has_history = false;
     while let Some((k, v)) = r.next_record()? {
+        has_history |= k == changes::STATE_KEY;
         batch.put_cf(data, k, v);
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             db.write(std::mem::take(&mut batch))
@@ -464,6 +571,14 @@ fn install_file(ks: &Keyspace, path: &Path) -> io::Result<SnapshotMeta> {
         }
     }
     let meta = r.meta;
+    if !has_history {
+        // From before watches: the history starts at the snapshot.
+        let s = changes::HistoryState {
+            start: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            ..Default::default()
+        };
+        batch.put_cf(data, changes::STATE_KEY, changes::encode_state(&s)?);
+    }
     batch.put_cf(meta_cf, KEY_LAST_APPLIED, encode(&meta.last_log_id)?);
     batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
     batch.delete_cf(meta_cf, KEY_INSTALLING);
@@ -601,6 +716,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .map_err(sm_err)?;
                     outcomes = o;
                     catalogue_changed |= cat;
+                    applier.end_entry();
                 }
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m);
@@ -609,7 +725,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             out.push(Applied(outcomes));
         }
-        applier.finish(&mut batch);
+        let (changes, leases) = applier.finish(&mut batch).map_err(sm_err)?;
+        self.history
+            .append(self.ks.db(), data, &mut batch, &changes)
+            .map_err(sm_err)?;
         if let Some(last) = last {
             batch.put_cf(meta, KEY_LAST_APPLIED, encode(&Some(last)).map_err(sm_err)?);
             // Not fsynced on its own: the log entries are, and the shared WAL recovers a
@@ -617,6 +736,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // log (see db.rs).
             self.ks.db().write(batch).map_err(sm_err)?;
             self.applied.publish(Some(last.index));
+            self.reader.hub.publish(last.index, changes);
+            if !leases.is_empty() {
+                let mut table = self.reader.leases.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, l) in leases {
+                    match l {
+                        Some(info) => table.insert(id, info),
+                        None => table.remove(&id),
+                    };
+                }
+            }
             if catalogue_changed {
                 self.reader.catalogue.bump();
             }
@@ -744,7 +873,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| snap_err(Some(meta), io::Error::other(e)))?
         .map_err(|e| snap_err(Some(meta), e))?;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.history.state = open_history(&self.ks, index).map_err(|e| snap_err(Some(meta), e))?;
+        self.reload_leases().map_err(|e| snap_err(Some(meta), e))?;
         self.applied.publish(meta.last_log_id.map(|l| l.index));
+        self.reader.hub.reset(index);
         self.reader.catalogue.bump();
         log::info!(
             "installed snapshot {} at {:?}",
@@ -793,7 +926,13 @@ mod tests {
     fn open(dir: &Path) -> (Arc<db::Db>, StateMachine) {
         let db = db::open(&dir.join("raft")).unwrap();
         let ks = Keyspace::default_group(&db);
-        let sm = StateMachine::open(ks, dir.join("snapshots"), AppliedIndex::default()).unwrap();
+        let sm = StateMachine::open(
+            ks,
+            dir.join("snapshots"),
+            AppliedIndex::default(),
+            changes::DEFAULT_HISTORY,
+        )
+        .unwrap();
         (db, sm)
     }
 
@@ -825,6 +964,7 @@ mod tests {
             create_index,
             mod_index,
             version,
+            lease: 0,
         }
     }
 

@@ -56,8 +56,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Dir> for Builder {
         };
         // The suite purges logs without applying them; our purge guard would defer that.
         let log = LogStore::unguarded(ks.clone());
-        let sm = StateMachine::open(ks, td.path().join("snapshots"), AppliedIndex::default())
-            .expect("open state machine");
+        let sm = StateMachine::open(
+            ks,
+            td.path().join("snapshots"),
+            AppliedIndex::default(),
+            crate::watch::DEFAULT_HISTORY,
+        )
+        .expect("open state machine");
         Ok((Dir { _td: td, neighbour }, log, sm))
     }
 }

@@ -64,6 +64,21 @@ pub enum Op {
     DeletePrefix { prefix: String },
     /// Compares, then one of two lists of operations, all in this entry.
     Txn(Txn),
+    /// Grants a lease of `ttl_ms`; its id is the group's next lease number.
+    LeaseGrant { ttl_ms: u64 },
+    /// Revokes lease `id` (a client's request, or the leader's decision that it expired)
+    /// and deletes every key attached to it.
+    LeaseRevoke { id: u64 },
+    /// Sets `key` attached to lease `lease` (0: to none), or, with `ttl_ms` > 0, to a new
+    /// lease of that TTL granted with it; with `expect`, only if the key's `mod_index` is
+    /// that (as [`Op::Cas`]).
+    Put {
+        key: String,
+        value: String,
+        lease: u64,
+        ttl_ms: u64,
+        expect: Option<u64>,
+    },
 }
 
 /// A type with no values: what cannot be decoded.
@@ -80,6 +95,8 @@ pub struct KeyMeta {
     pub mod_index: u64,
     /// 1 at creation, +1 per change; a deleted and re-created key starts again at 1.
     pub version: u64,
+    /// The lease the key is attached to (0: none); it goes when the lease does.
+    pub lease: u64,
 }
 
 /// One key with its value (empty when only keys were asked for) and metadata.
@@ -129,10 +146,25 @@ pub enum CmpOp {
 /// One operation of a [`Txn`] branch. Flat: a transaction never holds a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: String, value: String },
-    Delete { key: String },
-    DeletePrefix { prefix: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
+    /// A put attached to lease `lease`.
+    PutLease {
+        key: String,
+        value: String,
+        lease: u64,
+    },
 }
 
 /// What one [`Op`] did when applied.
@@ -149,6 +181,18 @@ pub enum Outcome {
         succeeded: bool,
         results: Vec<TxnResult>,
     },
+    /// A lease was granted (by `LeaseGrant`, or by a `Put` with a TTL).
+    LeaseGranted { id: u64 },
+    /// The operation names a lease that does not exist (any more): nothing changed.
+    NoLease { id: u64 },
+}
+
+/// A lease as the state machine keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub ttl_ms: u64,
+    /// The log index that granted it.
+    pub granted: u64,
 }
 
 /// What one [`TxnOp`] gave, naming the key (or prefix) it was about.

@@ -257,10 +257,12 @@ async fn transactions_run_one_branch_atomically() {
             TxnOp::Put {
                 key: "lock".into(),
                 value: owner.into(),
+                lease: None,
             },
             TxnOp::Put {
                 key: "owners/last".into(),
                 value: owner.into(),
+                lease: None,
             },
         ],
         failure: vec![TxnOp::Get { key: "lock".into() }],
@@ -335,6 +337,7 @@ async fn transactions_run_one_branch_atomically() {
             .map(|i| TxnOp::Put {
                 key: format!("t{i}"),
                 value: "x".into(),
+                lease: None,
             })
             .collect(),
         ..Default::default()
@@ -525,6 +528,7 @@ async fn the_key_api_works_inside_a_group() {
         success: vec![TxnOp::Put {
             key: "svc/b".into(),
             value: "2".into(),
+            lease: None,
         }],
         failure: vec![],
     };

@@ -11,9 +11,11 @@
 mod checker;
 mod cluster;
 mod hostile;
+mod leases;
 mod nemesis;
 mod net;
 mod secure;
+mod watchers;
 mod workload;
 
 use std::path::PathBuf;
@@ -170,7 +172,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .prefix("hraftd-torture")
         .tempdir()
         .context("making a temp dir")?;
-    let mut flags = vec!["-snapshot-threshold", "400", "-write-timeout", "2"];
+    // A history that holds the whole run, so every watcher can always resume.
+    let mut flags = vec![
+        "-snapshot-threshold",
+        "400",
+        "-write-timeout",
+        "2",
+        "-watch-history",
+        "5000000",
+    ];
     let key = tmp.path().join("cluster.key");
     let key_arg = key.display().to_string();
     if args.cluster_key {
@@ -247,6 +257,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         history.clone(),
         stop.clone(),
     ));
+    let watched = watchers::spawn(
+        cluster.nodes.iter().map(|n| n.endpoint()).collect(),
+        prefix.clone(),
+        workload::all_groups(),
+        2,
+        seed,
+        stop.clone(),
+    );
+    let lease_load = tokio::spawn(leases::run(
+        cluster.nodes.iter().map(|n| n.endpoint()).collect(),
+        format!("l{seed:x}"),
+        seed,
+        stop.clone(),
+    ));
     let mut nemesis = nemesis::Nemesis::new(seed, firewall.as_ref(), args.cluster_key);
     let faults = nemesis.run(&mut cluster, &history, args.duration).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -255,6 +279,44 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // 6. Heal everything and let the cluster settle.
     nemesis.heal(&mut cluster).await;
     let leader = cluster.wait_leader(Duration::from_secs(60)).await?;
+    let lease_report = lease_load.await.context("the lease checker")?;
+
+    // The end marker in every group: watchers stop once they have seen it; then every
+    // node's whole history of the run's keys, for the watch checker.
+    for g in workload::all_groups() {
+        let c = workload::for_group(workload::client(), &g);
+        let key = watchers::marker(&prefix);
+        let mut written = false;
+        for _ in 0..50 {
+            let at = cluster.wait_leader(Duration::from_secs(30)).await?;
+            let node = cluster.nodes[at].endpoint();
+            if c.to([node]).put(&key, "end").await.is_ok() {
+                written = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !written {
+            anyhow::bail!("could not write the end marker in group {g}");
+        }
+    }
+    let recorded = watched.await.context("the watchers")?;
+    let mut histories = std::collections::HashMap::new();
+    for g in workload::all_groups() {
+        let mut per_node = Vec::new();
+        for n in &cluster.nodes {
+            per_node.push(watchers::full_history(&n.endpoint(), &prefix, &g).await);
+        }
+        histories.insert(g, per_node);
+    }
+    let indexes = history.indexes.lock().unwrap().clone();
+    let watch_report = watchers::check(
+        &recorded,
+        &histories,
+        &history.snapshot(),
+        &indexes,
+        &prefix,
+    );
 
     // 7. Final consistent reads of every key, part of the history.
     let http = workload::client();
@@ -316,6 +378,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         unexpected_exits: &cluster.unexpected_exits,
         hostile: nemesis.hostile,
         keyed: args.cluster_key,
+        watch: &watch_report,
+        leases: &lease_report,
     };
     let ok = report.print(&args.out);
     drop(cluster);

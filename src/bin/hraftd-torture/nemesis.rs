@@ -500,6 +500,8 @@ pub struct Report<'a> {
     /// The hostile-peer faults' tally, and whether the cluster had a key.
     pub hostile: hostile::Tally,
     pub keyed: bool,
+    pub watch: &'a crate::watchers::WatchReport,
+    pub leases: &'a crate::leases::LeaseReport,
 }
 
 impl Report<'_> {
@@ -540,7 +542,11 @@ impl Report<'_> {
             && self.convergence.converged
             && self.final_read_missing == 0
             && self.unexpected_exits.is_empty()
-            && self.hostile.answered == 0;
+            && self.hostile.answered == 0
+            && self.watch.violations.is_empty()
+            && self.watch.finished > 0
+            && self.leases.violations.is_empty()
+            && self.leases.cycles > 0;
 
         println!(
             "\n=== hraftd-torture report (seed {}, {:?}) ===",
@@ -587,6 +593,36 @@ impl Report<'_> {
                 " (no cluster key: not checked)"
             }
         );
+        let w = self.watch;
+        println!(
+            "watches: {} watchers ({} saw the end), {} reconnects, {} events seen, {} entries in the final histories: {} violations",
+            w.watchers,
+            w.finished,
+            w.reconnects,
+            w.events_seen,
+            w.history_entries,
+            w.violations.len()
+        );
+        for v in w.violations.iter().take(10) {
+            println!("  {v}");
+        }
+        let l = self.leases;
+        let mut vanish = l.vanish_after_ms.clone();
+        vanish.sort();
+        println!(
+            "leases: {} cycles (TTL {:?}), {} keepalives ok, {} failed, {} reads; abandoned keys gone after median {:?} ms, max {:?} ms: {} violations",
+            l.cycles,
+            crate::leases::TTL,
+            l.keepalives_ok,
+            l.keepalives_failed,
+            l.reads,
+            vanish.get(vanish.len() / 2),
+            vanish.last(),
+            l.violations.len()
+        );
+        for v in l.violations.iter().take(10) {
+            println!("  {v}");
+        }
         match self.control {
             Some(c) => println!(
                 "negative control (stale read on a partitioned follower): {} (read {:?})",
@@ -620,6 +656,17 @@ impl Report<'_> {
             "converged": self.convergence.converged,
             "control": self.control.map(|c| c.caught),
             "availability_ms": avail.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
+            "watchers": w.watchers,
+            "watchers_finished": w.finished,
+            "watch_reconnects": w.reconnects,
+            "watch_events_seen": w.events_seen,
+            "watch_history_entries": w.history_entries,
+            "watch_violations": w.violations,
+            "lease_cycles": l.cycles,
+            "lease_keepalives_ok": l.keepalives_ok,
+            "lease_keepalives_failed": l.keepalives_failed,
+            "lease_vanish_after_ms": vanish,
+            "lease_violations": l.violations,
             "pass": pass,
         });
         let _ = std::fs::write(

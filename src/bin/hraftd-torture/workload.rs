@@ -35,6 +35,9 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct History {
     pub start: Instant,
     pub ops: Arc<Mutex<Vec<Op>>>,
+    /// The log index of every acknowledged write, by its (unique) value: the watch
+    /// checker finds each one in the change history there.
+    pub indexes: Arc<Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl History {
@@ -42,6 +45,7 @@ impl History {
         History {
             start: Instant::now(),
             ops: Arc::default(),
+            indexes: Arc::default(),
         }
     }
 
@@ -144,6 +148,23 @@ fn groups() -> &'static [String] {
     GROUPS.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// Every group of the run, the default one first.
+pub fn all_groups() -> Vec<String> {
+    match groups() {
+        [] => vec![hraftd_store::DEFAULT_GROUP.to_string()],
+        g => g.to_vec(),
+    }
+}
+
+/// `http`, scoped to `group`.
+pub fn for_group(http: Client, group: &str) -> Client {
+    if group == hraftd_store::DEFAULT_GROUP {
+        http
+    } else {
+        http.in_group(group)
+    }
+}
+
 /// The groups the run created (every one but the default group).
 pub fn extra_groups() -> Vec<String> {
     groups()
@@ -187,6 +208,9 @@ pub async fn run_op(
     let (kind, outcome) = match kind {
         OpKind::Write(v) => {
             let res = http.put(key, &v).await;
+            if let Ok(i) = res {
+                history.indexes.lock().unwrap().insert(v.clone(), i);
+            }
             (OpKind::Write(v), write_outcome(&res))
         }
         OpKind::Delete => (OpKind::Delete, write_outcome(&http.delete(key).await)),
@@ -229,6 +253,9 @@ pub async fn run_cas(
     let at = current.map(|kv| kv.mod_index).unwrap_or(0);
     let invoke = history.now();
     let res = http.put_cas(key, &new, at).await;
+    if let Ok(i) = res {
+        history.indexes.lock().unwrap().insert(new.clone(), i);
+    }
     let (applied, outcome) = match &res {
         Ok(_) => (Some(true), Outcome::Ok),
         Err(e) if e.cas_failed().is_some() => (Some(false), Outcome::Ok),
