@@ -126,6 +126,38 @@ async fn main() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one (as Go programs do): every watch
+/// stream holds a connection, and `-max-watchers` of them should not run out of files.
+/// Warns when even the hard limit is below what `max_watchers` streams need.
+fn raise_fd_limit(max_watchers: u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r = want;
+            }
+        }
+    }
+    let need = max_watchers + 1024;
+    if r.rlim_cur < need {
+        log::warn!(
+            "open files are limited to {} here, fewer than -max-watchers {max_watchers} streams need ({need}); raise `ulimit -n`",
+            r.rlim_cur
+        );
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     // 1. Flags and logging; `hraftd restore ...` is its own short sequence.
     let argv: Vec<String> = std::env::args().collect();
@@ -156,6 +188,7 @@ async fn run() -> anyhow::Result<()> {
         return restore::run(args).await;
     }
     let args = Args::parse_go_style(argv)?;
+    raise_fd_limit(args.max_watchers);
     // HTTPS and users first: a file that does not load is refused before anything is bound
     // or created.
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -46,6 +46,29 @@ enum Cmd {
     /// The cost of idle Raft groups: create `--groups` groups on every node, let them sit,
     /// and report each node's CPU (share of one core) and RSS over `--measure`.
     IdleGroups(IdleArgs),
+    /// The cost of watches: PUT throughput (the `put` workload) before and while
+    /// `--watchers` idle watch streams are open on one node, that node's RSS for them, and,
+    /// under the same load, `--active` watchers of every written key: events per second and
+    /// the latency from a write's acknowledgement to its event's delivery.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Clone, Parser)]
+struct WatchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Idle watchers (each on a key nobody writes, its own connection) on `--node`.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// Watchers of the whole `bench-` prefix (they see every PUT).
+    #[arg(long, default_value_t = 2)]
+    active: usize,
+    /// Which endpoint (0-based) holds the watchers.
+    #[arg(long, default_value_t = 0)]
+    node: usize,
+    /// That node's process id, for its RSS (from /proc).
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -529,7 +552,164 @@ fn connection() -> reqwest::Client {
         .expect("http client")
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// A process's resident set, in MB (from /proc).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `hraftd-bench watch` (see [`Cmd::Watch`]).
+async fn watch_bench(a: WatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.run.target == Target::Hraftd,
+        "watch is an hraftd benchmark"
+    );
+    let node = a
+        .run
+        .endpoints
+        .get(a.node)
+        .context("--node is not one of --endpoints")?
+        .clone();
+    let mut put = a.run.clone();
+    put.workload = Workload::Put;
+    put.label = format!("{} no watchers", a.run.label);
+    let before = run(put.clone()).await?;
+    let rss_before = a.pid.and_then(rss_mb);
+
+    // Idle watchers: a key each that nobody writes, each its own connection.
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut idle = Vec::with_capacity(a.watchers);
+    let opened = Instant::now();
+    for i in 0..a.watchers {
+        let url = format!("http://{node}/watch?key=idle-{i:06}");
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("opening idle watcher {i}"))?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "idle watcher {i}: {}",
+            resp.status()
+        );
+        idle.push(resp);
+    }
+    let open_secs = opened.elapsed().as_secs_f64();
+    let rss_idle = a.pid.and_then(rss_mb);
+
+    // Active watchers count events; a probe measures acknowledgement-to-delivery latency.
+    let client = hraftd_client::Client::builder([node.clone()])
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut counters = Vec::new();
+    for _ in 0..a.active {
+        let mut w = client
+            .watch(&hraftd_client::WatchTarget::Prefix("bench-".into()), None)
+            .await?;
+        let stop = stop.clone();
+        counters.push(tokio::spawn(async move {
+            let mut events = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), w.next()).await {
+                    Ok(Ok(Some(hraftd_client::WatchItem::Entry { events: e, .. }))) => {
+                        events += e.len() as u64
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            events
+        }));
+    }
+    let writer = hraftd_client::Client::builder(a.run.endpoints.clone())
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut probe = client
+        .watch(&hraftd_client::WatchTarget::Key("wprobe".into()), None)
+        .await?;
+    let probe_stop = stop.clone();
+    let prober = tokio::spawn(async move {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+        let mut n = 0u64;
+        while !probe_stop.load(Ordering::Relaxed) {
+            n += 1;
+            if writer.put("wprobe", &n.to_string()).await.is_err() {
+                continue;
+            }
+            let acked = Instant::now();
+            // The event may arrive before the acknowledgement does: then it counts as 0.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), probe.next()).await {
+                    Ok(Ok(Some(hraftd_client::WatchItem::Entry { events, .. })))
+                        if events
+                            .iter()
+                            .any(|e| e.kv.value.as_deref() == Some(&n.to_string())) =>
+                    {
+                        let _ = hist.record(acked.elapsed().as_micros().max(1) as u64);
+                        break;
+                    }
+                    Ok(Ok(Some(hraftd_client::WatchItem::Entry { .. }))) => {}
+                    _ => return hist,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hist
+    });
+    put.label = format!("{} {} idle watchers", a.run.label, a.watchers);
+    let during = run(put).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut events = 0;
+    for c in counters {
+        events += c.await?;
+    }
+    let hist = prober.await?;
+    let rss_after = a.pid.and_then(rss_mb);
+    drop(idle);
+    let secs = a.run.warmup.as_secs_f64() + a.run.duration.as_secs_f64();
+    let events_per_s = events as f64 / secs / a.active.max(1) as f64;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let ratio = during / before;
+    println!(
+        "watch: {} idle watchers opened in {open_secs:.1}s; PUT {before:.0} -> {during:.0} ops/s ({ratio:.3}x);          RSS {rss_before:?} -> {rss_idle:?} -> {rss_after:?} MB; {events_per_s:.0} events/s per active watcher;          ack-to-delivery p50 {:.2}ms p99 {:.2}ms ({} probes)",
+        a.watchers,
+        ms(0.5),
+        ms(0.99),
+        hist.len()
+    );
+    if let Some(path) = &a.run.json {
+        let line = json!({
+            "bench": "watch", "watchers": a.watchers, "active": a.active,
+            "connections": a.run.connections, "put_before": before, "put_during": during,
+            "put_ratio": ratio, "rss_before_mb": rss_before, "rss_idle_mb": rss_idle,
+            "rss_after_mb": rss_after, "open_seconds": open_secs,
+            "events_per_s_per_watcher": events_per_s, "ack_to_delivery_p50_ms": ms(0.5),
+            "ack_to_delivery_p99_ms": ms(0.99), "probes": hist.len(), "label": a.run.label,
+            "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| path.display().to_string())?;
+        writeln!(f, "{line}").with_context(|| path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs one benchmark; returns its throughput (ops/s).
+async fn run(args: RunArgs) -> anyhow::Result<f64> {
     let http = connection();
     let ep = leader(&args, &http).await?;
     if args.groups > 1 {
@@ -681,7 +861,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| path.display().to_string())?;
         writeln!(f, "{line}").with_context(|| path.display().to_string())?;
     }
-    Ok(())
+    Ok(throughput)
 }
 
 async fn noop(_req: actix_web::HttpRequest) -> actix_web::HttpResponse {
@@ -693,7 +873,11 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Run(args) => tokio::runtime::Runtime::new()
             .expect("runtime")
-            .block_on(run(args)),
+            .block_on(run(args))
+            .map(|_| ()),
+        Cmd::Watch(args) => tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(watch_bench(args)),
         Cmd::IdleGroups(args) => tokio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(idle_groups(args)),

@@ -336,3 +336,127 @@ async fn hraftctl_builds_a_lock_and_a_config_rollout_as_the_readme_shows() {
     must(2, &env, &["put", "k", "v", "--cas", "abc"]).await;
     must_with_stdin(2, &env, &["txn"], "not json").await;
 }
+
+#[tokio::test]
+async fn hraftctl_elects_a_leader_with_a_lease_and_a_watch_as_the_readme_shows() {
+    let c = TestCluster::start(3, &[]).await;
+    let eps: Vec<String> = c.nodes.iter().map(|n| n.http.clone()).collect();
+    let eps = eps.join(",");
+    let env = [("HRAFTD_ENDPOINTS", eps.as_str())];
+
+    // Two candidates, each with a lease; the first to put with cas 0 leads.
+    let l1 = must(0, &env, &["lease", "grant", "5s"])
+        .await
+        .trim()
+        .to_string();
+    let l2 = must(0, &env, &["lease", "grant", "5s"])
+        .await
+        .trim()
+        .to_string();
+    assert_ne!(l1, l2);
+    must(
+        0,
+        &env,
+        &[
+            "put",
+            "election/leader",
+            "me1",
+            "--lease",
+            &l1,
+            "--cas",
+            "0",
+        ],
+    )
+    .await;
+    must(
+        1,
+        &env,
+        &[
+            "put",
+            "election/leader",
+            "me2",
+            "--lease",
+            &l2,
+            "--cas",
+            "0",
+        ],
+    )
+    .await;
+    let kv: serde_json::Value =
+        serde_json::from_str(&must(0, &env, &["get", "election/leader", "--json"]).await).unwrap();
+    assert_eq!(kv["lease"], serde_json::json!(l1));
+    let at = kv["mod_index"].as_u64().unwrap().to_string();
+
+    // The second waits for the key's next change from its own index; the first steps down.
+    let waiting = tokio::spawn({
+        let eps = eps.clone();
+        async move {
+            let env = [("HRAFTD_ENDPOINTS", eps.as_str())];
+            must(
+                0,
+                &env,
+                &["watch", "election/leader", "--from", &at, "--count", "1"],
+            )
+            .await
+        }
+    });
+    must(0, &env, &["lease", "keepalive", &l1, "--once"]).await;
+    let out = must(0, &env, &["lease", "revoke", &l1]).await;
+    assert!(out.starts_with("OK revoked, deleted 1 index "), "{out}");
+    let seen = waiting.await.unwrap();
+    assert!(seen.starts_with("DELETE election/leader index "), "{seen}");
+    must(
+        0,
+        &env,
+        &[
+            "put",
+            "election/leader",
+            "me2",
+            "--lease",
+            &l2,
+            "--cas",
+            "0",
+        ],
+    )
+    .await;
+    let show = must(0, &env, &["lease", "show", &l2]).await;
+    assert!(show.contains("\nelection/leader\n"), "{show}");
+
+    // The history from the start, as JSON lines: put, delete, put.
+    let out = must(
+        0,
+        &env,
+        &[
+            "watch",
+            "election/",
+            "--prefix",
+            "--from",
+            "0",
+            "--count",
+            "3",
+            "--json",
+        ],
+    )
+    .await;
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(kinds, vec!["\"put\"", "\"delete\"", "\"put\""], "{out}");
+
+    // A key with a lease of its own goes by itself.
+    let out = must(0, &env, &["put", "session/x", "here", "--ttl", "1s"]).await;
+    assert!(out.contains(" lease "), "{out}");
+    crate::common::wait_for(
+        "session/x to expire",
+        std::time::Duration::from_secs(15),
+        || async move {
+            let out = hraftctl(&env, &["get", "session/x", "--level", "consistent"]).await;
+            (out.status.code() == Some(1)).then_some(())
+        },
+    )
+    .await;
+    // Bad input: exit code 2.
+    must(2, &env, &["lease", "grant", "100ms"]).await;
+    must(1, &env, &["lease", "show", "999999"]).await;
+}
