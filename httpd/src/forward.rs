@@ -94,8 +94,10 @@ fn wants_forwarding(req: &ServiceRequest, f: &Forwarder) -> Result<bool, ApiErro
             )))
         }
     };
-    // A backup can be gigabytes: it is redirected, never held here to be passed on.
-    if req.path() == "/backup" || req.headers().contains_key(FORWARDED) {
+    // A backup can be gigabytes, a watch never ends, a blocking read waits up to a minute:
+    // they are redirected, never held here to be passed on.
+    let streams = req.path().ends_with("/watch") || req.query_string().contains("wait_index=");
+    if req.path() == "/backup" || streams || req.headers().contains_key(FORWARDED) {
         return Ok(false);
     }
     Ok(asked.unwrap_or(f.always))
