@@ -4,7 +4,7 @@
 //!
 //! The leases themselves (id, TTL, attached keys) are state machine data (`kv.rs`); every
 //! node keeps the table of them in memory (`StateReader::leases`). What only the leader
-//! has is the [`LeaseClock`]: a deadline per lease, set to now + TTL when it first sees the
+//! has is the `LeaseClock`: a deadline per lease, set to now + TTL when it first sees the
 //! lease in its term and at every keepalive. A new term starts every countdown again at
 //! its full TTL (etcd's rule), so a lease never expires early because leadership moved;
 //! it may expire up to about one election later than its TTL.

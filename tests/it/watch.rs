@@ -351,3 +351,54 @@ async fn watches_are_bounded_per_node_and_work_in_groups() {
     assert_eq!(must_next(&mut w).await, (i, vec![put("x", "1")]));
     assert_eq!(must_next(&mut w).await, (i2, vec![put("y", "2")]));
 }
+
+#[tokio::test]
+async fn a_watcher_that_does_not_read_is_dropped_with_a_last_event_saying_so() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::start(1, &["-body-limit", "2000000"]).await;
+    let client = c.redirecting_client(0);
+    // A raw connection that asks for a watch and then reads nothing.
+    let mut sock = tokio::net::TcpStream::connect(&c.nodes[0].http)
+        .await
+        .unwrap();
+    sock.write_all(b"GET /watch?prefix=big/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    crate::common::wait_for("the watch to open", Duration::from_secs(10), || async {
+        (c.metric(0, "hraftd_watchers").await == 1.0).then_some(())
+    })
+    .await;
+    // Far more than the socket buffers and the watcher's queue (32 MiB) hold.
+    let value = "x".repeat(1 << 20);
+    for i in 0..80 {
+        client.put(&format!("big/{i}"), &value).await.unwrap();
+    }
+    // The node drops it: what was queued is not delivered, and the stream ends with the
+    // reason; then its place is free again.
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                tail.extend_from_slice(&buf[..n]);
+                let keep = tail.len().saturating_sub(4096);
+                tail.drain(..keep);
+            }
+            Ok(Err(e)) => panic!("reading the stream: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&tail);
+    assert!(
+        text.contains("event: error\ndata: {") && text.contains("\"code\":\"slow_consumer\""),
+        "the stream's end: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    crate::common::wait_for(
+        "the slow watcher's place",
+        Duration::from_secs(10),
+        || async { (c.metric(0, "hraftd_watchers").await == 0.0).then_some(()) },
+    )
+    .await;
+}
