@@ -4,7 +4,12 @@
 #      `--workload put` at 1, 16 and 64 connections, $REPS repetitions (bar: CAS within 10%);
 #   2. range pages: $KEYS keys loaded (POST /key, 1000 pairs a request), then pages of
 #      1,000 keys after a random key, at `consistent` and `stale` level, 1 connection
-#      (bar: median under 5 ms with 1M keys).
+#      (bar: median under 5 ms with 1M keys);
+#   3. watches (issue 13; PARTS=watch): `hraftd-bench watch` on the leader, $REPS times:
+#      PUT at 16 connections alone, then with $WATCHERS idle watch streams open on the leader
+#      and 2 watchers of every written key; the leader's RSS before and after opening them,
+#      events per second and acknowledgement-to-delivery latency (bars: under 100 MB more
+#      RSS, PUT within 10%).
 # Writes bench/results/<date>-keyapi.jsonl (every run) and prints medians.
 #
 #   bench/keyapi.sh                          # defaults: 3 reps, 10 s per run, 1M keys, release
@@ -17,6 +22,7 @@ REPS="${REPS:-3}"
 DURATION="${DURATION:-10s}"
 KEYS="${KEYS:-1000000}"
 PARTS="${PARTS:-cas range}"
+WATCHERS="${WATCHERS:-10000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hraftd-target}"
 OUT="${OUT:-bench/results/$(date +%Y-%m-%d)-keyapi}"
 WORK="$(mktemp -d /tmp/hraftd-keyapi.XXXXXX)"
@@ -94,6 +100,15 @@ if [[ " $PARTS " == *" range "* ]]; then
   done
 fi
 
+if [[ " $PARTS " == *" watch "* ]]; then
+  say "watches: $WATCHERS idle watchers on the leader"
+  for rep in $(seq 1 "$REPS"); do
+    "$BIN/hraftd-bench" watch --endpoints "$eps" --node 0 --pid "${PIDS[0]}" \
+      --watchers "$WATCHERS" --active 2 --connections 16 --duration "$DURATION" \
+      --json "$JSON" --label "rep$rep"
+  done
+fi
+
 python3 - "$JSON" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
@@ -112,6 +127,14 @@ for level in ("consistent", "stale"):
     if rs:
         print(f"range {level}: {rs[0]['keys']} keys, pages of 1000: p50 {med([r['p50_ms'] for r in rs]):.2f} ms, "
               f"p99 {med([r['p99_ms'] for r in rs]):.2f} ms, {med([r['throughput'] for r in rs]):.0f} pages/s, medians of {len(rs)}")
+ws = [r for r in runs if r.get("bench") == "watch"]
+if ws:
+    print(f"watch: {ws[0]['watchers']} idle watchers on the leader: PUT (16 conns) "
+          f"{med([r['put_before'] for r in ws]):.0f} -> {med([r['put_during'] for r in ws]):.0f} ops/s, "
+          f"ratio {med([r['put_ratio'] for r in ws]):.3f}; RSS +{med([r['rss_idle_mb'] - r['rss_before_mb'] for r in ws]):.1f} MB; "
+          f"{med([r['events_per_s_per_watcher'] for r in ws]):.0f} events/s per active watcher; "
+          f"ack-to-delivery p50 {med([r['ack_to_delivery_p50_ms'] for r in ws]):.2f} ms, "
+          f"p99 {med([r['ack_to_delivery_p99_ms'] for r in ws]):.2f} ms; medians of {len(ws)}")
 for r in runs:
     if r.get("bench") == "rss-after-load":
         print(f"node {r['node']}: RSS {r['rss_mb']} MB after loading {r['keys']} keys")

@@ -176,11 +176,23 @@ fn check_cycle(key: &str, kept: &[(Instant, Instant)], reads: &[Read], r: &mut L
             .saturating_duration_since(last_kept)
             .as_millis() as u64,
     );
-    let unavailable: Duration = reads
-        .iter()
-        .filter(|rd| rd.found.is_none() && rd.invoke >= last_kept)
-        .map(|rd| rd.complete - rd.invoke + READ_EVERY)
-        .sum();
+    // Outages: from the last read that succeeded before a run of failed ones to the next
+    // read that succeeded (no leader or no quorum: nobody could expire anything then).
+    let mut unavailable = Duration::ZERO;
+    let mut ok_at = last_kept;
+    let mut down = false;
+    for rd in reads.iter().filter(|rd| rd.invoke >= last_kept) {
+        match rd.found {
+            None => down = true,
+            Some(_) => {
+                if down {
+                    unavailable += rd.invoke.saturating_duration_since(ok_at);
+                    down = false;
+                }
+                ok_at = rd.complete;
+            }
+        }
+    }
     let bound = last_kept + TTL + 2 * ELECTION_TIMEOUT + Duration::from_secs(1) + unavailable;
     if let Some(late) = reads
         .iter()
