@@ -52,7 +52,7 @@ start_cluster() { # base port
   for i in 0 1 2; do
     join=()
     [ "$i" -gt 0 ] && join=(-join "127.0.0.1:${base}0")
-    RUST_LOG=warn "$BIN/hraftd" -id "k$i" -haddr "127.0.0.1:${base}$i" -raddr "127.0.0.1:$((base + 10))$i" \
+    RUST_LOG=warn "$BIN/hraftd" -max-watchers 20000 -id "k$i" -haddr "127.0.0.1:${base}$i" -raddr "127.0.0.1:$((base + 10))$i" \
       "${join[@]}" "$WORK/$base-k$i" >"$WORK/$base-k$i.log" 2>&1 &
     PIDS+=($!)
     EPS+=("127.0.0.1:${base}$i")
