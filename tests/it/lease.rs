@@ -18,6 +18,12 @@ use reqwest::StatusCode;
 use crate::common::wait_for;
 use crate::common::TestCluster;
 
+/// How often the tests keep a lease alive (a quarter of its 2 s TTL), the cadence a
+/// client would use.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a test reads a key it expects to stay, to see that it does.
+const READ_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Waits (bounded) until `key` is gone on node `i` (consistent read through the leader);
 /// returns when it saw it gone.
 async fn must_vanish(c: &TestCluster, i: usize, key: &str, within: Duration) -> Instant {
@@ -73,7 +79,7 @@ async fn keys_live_while_their_lease_is_kept_alive_and_vanish_after_its_ttl() {
             .await
             .unwrap()
             .is_some());
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
     }
     // Abandoned: gone no sooner than the TTL after the last keepalive, and soon after it.
     let last = Instant::now();
@@ -131,7 +137,7 @@ async fn a_leader_kill_restarts_the_countdown_and_never_expires_a_lease_early() 
                 last.elapsed()
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(READ_INTERVAL).await;
     }
     // The new leader takes keepalives for it.
     client.lease_keepalive(&lease.id).await.unwrap();
