@@ -112,7 +112,7 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Every lease in `get`'s view of the data family (`iter` from the first lease key), by id.
+/// Every lease in a group's data family, by id.
 pub(crate) fn read_leases(
     db: &Db,
     data: &impl rocksdb::AsColumnFamilyRef,
@@ -133,8 +133,8 @@ pub(crate) fn read_leases(
     Ok(out)
 }
 
-/// The keys attached to lease `id` in `snap`, in order, starting after `after`, at most
-/// `limit`; and whether more follow.
+/// The keys attached to lease `id` in `snap`, in order, at most `limit`; and whether more
+/// follow.
 pub(crate) fn lease_keys(
     snap: &crate::db::DbSnapshot<'_>,
     data: &impl rocksdb::AsColumnFamilyRef,
