@@ -603,11 +603,17 @@ impl Client {
     /// `PUT /key/<key>?cas=<expect>`: sets `key` only if its `mod_index` is `expect` (`0`:
     /// only if it does not exist); a `412` otherwise ([`Error::cas_failed`]).
     pub async fn put_cas(&self, key: &str, value: &str, expect: u64) -> Result<u64> {
-        let path = format!("{}?cas={expect}", self.key_path(key));
-        let r: wire::WriteResponse = self
-            .call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
-            .await?;
-        Ok(r.index)
+        Ok(self
+            .put_query(key, value, &format!("cas={expect}"))
+            .await?
+            .index)
+    }
+
+    /// `PUT /key/<key>?<query>` with `value` as the body.
+    async fn put_query(&self, key: &str, value: &str, query: &str) -> Result<wire::WriteResponse> {
+        let path = format!("{}?{query}", self.key_path(key));
+        self.call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
+            .await
     }
 
     /// `PUT /key/<key>?lease=<id>` (and `&cas=<expect>` when given): sets `key` attached
@@ -619,14 +625,11 @@ impl Client {
         lease: &str,
         expect: Option<u64>,
     ) -> Result<u64> {
-        let mut path = format!("{}?lease={}", self.key_path(key), query_value(lease));
+        let mut query = format!("lease={}", query_value(lease));
         if let Some(e) = expect {
-            path.push_str(&format!("&cas={e}"));
+            query.push_str(&format!("&cas={e}"));
         }
-        let r: wire::WriteResponse = self
-            .call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
-            .await?;
-        Ok(r.index)
+        Ok(self.put_query(key, value, &query).await?.index)
     }
 
     /// `PUT /key/<key>?ttl=<ms>ms`: sets `key` with a lease of its own; returns the write
@@ -637,8 +640,7 @@ impl Client {
         value: &str,
         ttl: Duration,
     ) -> Result<wire::WriteResponse> {
-        let path = format!("{}?ttl={}ms", self.key_path(key), ttl.as_millis());
-        self.call(Method::PUT, &path, Some(value.as_bytes().to_vec()), &[])
+        self.put_query(key, value, &format!("ttl={}ms", ttl.as_millis()))
             .await
     }
 

@@ -533,11 +533,7 @@ async fn idle_groups(a: IdleArgs) -> anyhow::Result<()> {
         let line = json!({"bench": "idle-groups", "groups": groups.len(), "seconds": secs,
             "leaders": leads, "nodes": rows,
             "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()});
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        writeln!(f, "{line}")?;
+        append_json(path, &line)?;
     }
     Ok(())
 }
@@ -550,6 +546,16 @@ fn connection() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// Appends `line` to the JSON-lines file at `path`.
+fn append_json(path: &std::path::Path, line: &Value) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    writeln!(f, "{line}").with_context(|| path.display().to_string())
 }
 
 /// A process's resident set, in MB (from /proc).
@@ -698,12 +704,7 @@ async fn watch_bench(a: WatchArgs) -> anyhow::Result<()> {
             "ack_to_delivery_p99_ms": ms(0.99), "probes": hist.len(), "label": a.run.label,
             "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
         });
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| path.display().to_string())?;
-        writeln!(f, "{line}").with_context(|| path.display().to_string())?;
+        append_json(path, &line)?;
     }
     Ok(())
 }
@@ -854,12 +855,7 @@ async fn run(args: RunArgs) -> anyhow::Result<f64> {
             "p999_ms": ms(0.999), "max_ms": hist.max() as f64 / 1000.0, "errors": errors,
             "loadavg": load.trim(), "label": args.label, "groups": args.groups,
         });
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| path.display().to_string())?;
-        writeln!(f, "{line}").with_context(|| path.display().to_string())?;
+        append_json(path, &line)?;
     }
     Ok(throughput)
 }
